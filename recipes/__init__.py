@@ -1,0 +1,11 @@
+"""Registered training recipes. `recipes.get(name, preset=..., **overrides)` returns one.
+
+Each recipe module registers itself on import; importing this package imports them all, so
+`recipes.list()` is complete.
+"""
+
+from recipes.registry import get, get_class, list_recipes, register, resolve_config
+
+list = list_recipes  # noqa: A001 - the public name the design asks for: recipes.list()
+
+__all__ = ["get", "get_class", "list", "list_recipes", "register", "resolve_config"]

@@ -1,0 +1,26 @@
+"""Install the zoo: layers and models (`zoo`), recipes (`recipes`), the trainer and CLI (`trainers`)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="keras-zoo",
+    version="0.1.0",
+    description="Keras 3 transformer model zoo and trainer: recipes, tf.distribute, raw-text SavedModels",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["zoo", "zoo.*", "recipes", "recipes.*", "trainers", "trainers.*"]),
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tensorflow-text>=2.21,<2.22",
+        "keras>=3.15,<4",
+        "keras-hub>=0.32,<0.33",
+        "tensorboard>=2.21,<2.22",
+        "numpy>=1.26,<3",
+        "pyyaml>=6,<7",
+        "safetensors>=0.4,<1",
+    ],
+    extras_require={
+        # jax (CPU) runs the layer tests on a second backend: the zoo's layers must stay backend-agnostic.
+        "test": ["pytest>=8,<10", "jax[cpu]>=0.4.34,<0.11"],
+    },
+    entry_points={"console_scripts": ["zoo=trainers.cli:main"]},
+)

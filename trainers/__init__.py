@@ -1,0 +1,1 @@
+"""Running recipes: strategies, optimisation, callbacks, checkpoints and the `zoo` command."""

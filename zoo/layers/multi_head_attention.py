@@ -1,0 +1,222 @@
+"""Multi-head attention with a fused QKV projection, masks, grouped-query heads, RoPE and a KV cache."""
+
+import math
+
+import keras
+from keras import ops
+
+from zoo.layers.rotary_embedding import RotaryEmbedding
+
+# Added to the scores of masked positions. Softmax runs in float32 (see `_attend`), so this
+# large finite value cannot overflow even under a float16 compute policy.
+_MASKED_SCORE = -1e9
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class MultiHeadAttention(keras.layers.Layer):
+    """Scaled dot-product attention over `num_heads` heads.
+
+    Self-attention (`value` not given) uses one fused projection for queries, keys and values:
+    a single matmul instead of three. Cross-attention (`value` given) projects the queries from
+    `query` and fused keys/values from `value`.
+
+    Weights: `qkv_kernel [hidden, heads + 2 * kv_heads, head_dim]` (self-attention) or
+    `query_kernel [hidden, heads, head_dim]` and `key_value_kernel [value_hidden, 2 * kv_heads,
+    head_dim]` (cross-attention), then `output_kernel [heads, head_dim, output_dim]`.
+
+    Args:
+        num_heads: number of query heads.
+        key_dim: size of each head; defaults to `hidden // num_heads`.
+        num_key_value_heads: number of key/value heads (grouped-query attention); must divide
+            `num_heads`. Defaults to `num_heads` (ordinary multi-head attention); 1 is
+            multi-query attention.
+        causal: if True, position t attends only to positions <= t.
+        dropout: dropout rate on the attention weights.
+        use_bias: whether the projections have biases.
+        use_rotary: apply rotary position embedding to queries and keys.
+        rotary_max_wavelength: the `max_wavelength` of that rotary embedding.
+        output_dim: size of the output features; defaults to the query's hidden size.
+        kernel_initializer, bias_initializer: initialisers for the projections.
+
+    Call arguments:
+        query: `[batch, target_length, hidden]`.
+        value: optional `[batch, source_length, value_hidden]` for cross-attention.
+        padding_mask: optional `[batch, source_length]`, true/1 at real tokens, false/0 at padding.
+            Padded keys receive no attention.
+        attention_mask: optional `[batch, target_length, source_length]`, true/1 where attention
+            is allowed. Combined (logical and) with the padding and causal masks.
+        cache: optional `[batch, 2, max_length, kv_heads, head_dim]` key/value cache
+            (self-attention only). The new keys/values are written at `cache_index` and the
+            layer returns `(output, updated_cache)`.
+        cache_index: scalar position of `query[:, 0]` in the sequence (required with `cache`).
+        training: enables attention dropout.
+
+    Example:
+    >>> layer = MultiHeadAttention(num_heads=2, causal=True)
+    >>> layer(keras.ops.ones((1, 5, 8))).shape
+    (1, 5, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim=None,
+        num_key_value_heads=None,
+        causal=False,
+        dropout=0.0,
+        use_bias=True,
+        use_rotary=False,
+        rotary_max_wavelength=10000,
+        output_dim=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        num_key_value_heads = num_key_value_heads or num_heads
+        if num_heads % num_key_value_heads:
+            raise ValueError(
+                f"num_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})."
+            )
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.num_key_value_heads = num_key_value_heads
+        self.causal = causal
+        self.dropout = dropout
+        self.use_bias = use_bias
+        self.use_rotary = use_rotary
+        self.rotary_max_wavelength = rotary_max_wavelength
+        self.output_dim = output_dim
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.rotary_embedding = (
+            RotaryEmbedding(max_wavelength=rotary_max_wavelength, dtype=self.dtype_policy) if use_rotary else None
+        )
+
+    def build(self, query_shape, value_shape=None):
+        hidden_dim = query_shape[-1]
+        self.head_dim = self.key_dim or hidden_dim // self.num_heads
+        self.is_cross_attention = value_shape is not None
+        heads, kv_heads, head_dim = self.num_heads, self.num_key_value_heads, self.head_dim
+
+        def kernel(name, shape):
+            return self.add_weight(name=name, shape=shape, initializer=self.kernel_initializer)
+
+        def bias(name, shape):
+            return self.add_weight(name=name, shape=shape, initializer=self.bias_initializer) if self.use_bias else None
+
+        if self.is_cross_attention:
+            self.query_kernel = kernel("query_kernel", (hidden_dim, heads, head_dim))
+            self.query_bias = bias("query_bias", (heads, head_dim))
+            self.key_value_kernel = kernel("key_value_kernel", (value_shape[-1], 2 * kv_heads, head_dim))
+            self.key_value_bias = bias("key_value_bias", (2 * kv_heads, head_dim))
+        else:
+            self.qkv_kernel = kernel("qkv_kernel", (hidden_dim, heads + 2 * kv_heads, head_dim))
+            self.qkv_bias = bias("qkv_bias", (heads + 2 * kv_heads, head_dim))
+        output_dim = self.output_dim or hidden_dim
+        self.output_kernel = kernel("output_kernel", (heads, head_dim, output_dim))
+        self.output_bias = bias("output_bias", (output_dim,))
+        self.built = True
+
+    @staticmethod
+    def _project(x, kernel, bias):
+        y = ops.einsum("btd,dnh->btnh", x, kernel)
+        return y if bias is None else y + bias
+
+    def _query_key_value(self, query, value):
+        heads, kv_heads = self.num_heads, self.num_key_value_heads
+        if self.is_cross_attention:
+            q = self._project(query, self.query_kernel, self.query_bias)
+            kv = self._project(value, self.key_value_kernel, self.key_value_bias)
+            return q, kv[:, :, :kv_heads], kv[:, :, kv_heads:]
+        qkv = self._project(query, self.qkv_kernel, self.qkv_bias)
+        return qkv[:, :, :heads], qkv[:, :, heads : heads + kv_heads], qkv[:, :, heads + kv_heads :]
+
+    def _mask(self, query_length, key_length, padding_mask, attention_mask, start_index, cached):
+        """Boolean `[batch or 1, query_length, key_length]` mask, or None when nothing is masked."""
+        masks = []
+        if padding_mask is not None:
+            masks.append(ops.cast(padding_mask, "bool")[:, None, :])
+        if attention_mask is not None:
+            masks.append(ops.cast(attention_mask, "bool"))
+        if self.causal or cached:
+            query_positions = ops.arange(query_length)[:, None] + start_index
+            key_positions = ops.arange(key_length)[None, :]
+            if self.causal:
+                allowed = query_positions >= key_positions
+            else:  # a cache's unfilled tail holds zeros, not keys
+                allowed = key_positions < start_index + query_length
+            masks.append(allowed[None])
+        if not masks:
+            return None
+        mask = masks[0]
+        for other in masks[1:]:
+            mask = ops.logical_and(mask, other)
+        return mask
+
+    def _attend(self, q, k, v, mask, training):
+        batch, query_length = ops.shape(q)[0], ops.shape(q)[1]
+        groups = self.num_heads // self.num_key_value_heads
+        # Queries grouped by the key/value head they share: [B, T, kv_heads, groups, head_dim].
+        q = ops.reshape(q, (batch, query_length, self.num_key_value_heads, groups, self.head_dim))
+        q = q * ops.cast(1.0 / math.sqrt(self.head_dim), q.dtype)
+        scores = ops.einsum("btkgh,bskh->bkgts", q, k)
+        # Softmax in float32: bfloat16/float16 scores lose the small differences that matter.
+        scores = ops.cast(scores, "float32")
+        if mask is not None:
+            scores = ops.where(mask[:, None, None, :, :], scores, _MASKED_SCORE)
+        weights = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
+        weights = self.dropout_layer(weights, training=training)
+        context = ops.einsum("bkgts,bskh->btkgh", weights, v)
+        return ops.reshape(context, (batch, query_length, self.num_heads, self.head_dim))
+
+    def call(
+        self,
+        query,
+        value=None,
+        padding_mask=None,
+        attention_mask=None,
+        cache=None,
+        cache_index=None,
+        training=None,
+    ):
+        if cache is not None and self.is_cross_attention:
+            raise ValueError("A KV cache is for self-attention; cross-attention recomputes keys from `value`.")
+        if cache is not None and cache_index is None:
+            raise ValueError("`cache_index` (the position of the first query token) is required with `cache`.")
+        start_index = 0 if cache is None else cache_index
+        q, k, v = self._query_key_value(query, query if value is None else value)
+        if self.rotary_embedding is not None:
+            q = self.rotary_embedding(q, start_index=start_index)
+            k = self.rotary_embedding(k, start_index=start_index)
+        if cache is not None:
+            new_key_values = ops.cast(ops.stack([k, v], axis=1), cache.dtype)
+            cache = ops.slice_update(cache, [0, 0, cache_index, 0, 0], new_key_values)
+            k = ops.cast(cache[:, 0], self.compute_dtype)
+            v = ops.cast(cache[:, 1], self.compute_dtype)
+        mask = self._mask(
+            ops.shape(q)[1], ops.shape(k)[1], padding_mask, attention_mask, start_index, cache is not None
+        )
+        context = self._attend(q, k, v, mask, training)
+        output = ops.einsum("btnh,nho->bto", context, self.output_kernel)
+        if self.output_bias is not None:
+            output = output + self.output_bias
+        return output if cache is None else (output, cache)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            num_key_value_heads=self.num_key_value_heads,
+            causal=self.causal,
+            dropout=self.dropout,
+            use_bias=self.use_bias,
+            use_rotary=self.use_rotary,
+            rotary_max_wavelength=self.rotary_max_wavelength,
+            output_dim=self.output_dim,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+        )
+        return config

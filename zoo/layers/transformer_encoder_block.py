@@ -1,0 +1,121 @@
+"""A transformer encoder block: bidirectional self-attention and a feed-forward network."""
+
+import keras
+
+from zoo.layers.feed_forward import FeedForward
+from zoo.layers.multi_head_attention import MultiHeadAttention
+from zoo.layers.residual_block import make_norm, residual
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class TransformerEncoderBlock(keras.layers.Layer):
+    """Self-attention then feed-forward, each in a residual branch with dropout and a norm.
+
+    Args:
+        num_heads: attention heads.
+        intermediate_dim: width of the feed-forward layer.
+        dropout: dropout on each residual branch (and in the feed-forward network).
+        attention_dropout: dropout on the attention weights; defaults to `dropout`.
+        activation: feed-forward activation ("gelu", "gelu_approximate", "relu", "swiglu").
+        norm_first: True for pre-norm (GPT-2 style), False for post-norm (BERT, the default).
+        normalization: "layer_norm" or "rms_norm".
+        layer_norm_epsilon: epsilon of the norms.
+        num_key_value_heads: grouped-query attention (see `MultiHeadAttention`).
+        use_rotary: rotary position embedding inside attention.
+        use_bias: biases in the projections.
+        kernel_initializer: initialiser of every projection.
+
+    Call arguments:
+        inputs: `[batch, sequence, hidden]`.
+        padding_mask: optional `[batch, sequence]`, true at real tokens.
+        attention_mask: optional `[batch, sequence, sequence]`, true where attention is allowed.
+        training: enables dropout.
+
+    Example:
+    >>> block = TransformerEncoderBlock(num_heads=2, intermediate_dim=32)
+    >>> block(keras.ops.ones((2, 5, 8)), padding_mask=keras.ops.ones((2, 5))).shape
+    (2, 5, 8)
+    """
+
+    # Subclasses that decode left to right set this (see TransformerDecoderBlock).
+    _causal = False
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        dropout=0.0,
+        attention_dropout=None,
+        activation="gelu",
+        norm_first=False,
+        normalization="layer_norm",
+        layer_norm_epsilon=1e-5,
+        num_key_value_heads=None,
+        use_rotary=False,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.attention_dropout = dropout if attention_dropout is None else attention_dropout
+        self.activation = activation
+        self.norm_first = norm_first
+        self.normalization = normalization
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.num_key_value_heads = num_key_value_heads
+        self.use_rotary = use_rotary
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        policy = self.dtype_policy
+        self.attention = MultiHeadAttention(
+            num_heads, num_key_value_heads=num_key_value_heads, causal=self._causal, dropout=self.attention_dropout,
+            use_bias=use_bias, use_rotary=use_rotary, kernel_initializer=self.kernel_initializer,
+            dtype=policy, name="self_attention",
+        )
+        self.attention_norm = make_norm(normalization, layer_norm_epsilon, policy, "self_attention_norm")
+        self.feed_forward = FeedForward(
+            intermediate_dim, activation=activation, dropout=dropout, use_bias=use_bias,
+            kernel_initializer=self.kernel_initializer, dtype=policy, name="feed_forward",
+        )
+        self.feed_forward_norm = make_norm(normalization, layer_norm_epsilon, policy, "feed_forward_norm")
+        self.residual_dropout = keras.layers.Dropout(dropout, dtype=policy)
+
+    def build(self, inputs_shape):
+        for layer in (self.attention, self.attention_norm, self.feed_forward, self.feed_forward_norm):
+            layer.build(inputs_shape)
+        self.built = True
+
+    def call(self, inputs, padding_mask=None, attention_mask=None, training=None):
+        def attend(x):
+            return self.attention(x, padding_mask=padding_mask, attention_mask=attention_mask, training=training), None
+
+        def feed_forward(x):
+            return self.feed_forward(x, training=training), None
+
+        x, _ = residual(inputs, attend, self.attention_norm, self.residual_dropout, self.norm_first, training)
+        x, _ = residual(x, feed_forward, self.feed_forward_norm, self.residual_dropout, self.norm_first, training)
+        return x
+
+    def compute_output_shape(self, inputs_shape):
+        return inputs_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            intermediate_dim=self.intermediate_dim,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            activation=self.activation,
+            norm_first=self.norm_first,
+            normalization=self.normalization,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            num_key_value_heads=self.num_key_value_heads,
+            use_rotary=self.use_rotary,
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
