@@ -1,6 +1,7 @@
 """Token embedding plus position (and optionally segment) embedding."""
 
 import keras
+from keras import ops
 
 from zoo.layers.position_embedding import PositionEmbedding
 from zoo.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
@@ -25,7 +26,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     Call arguments:
         token_ids: `[batch, sequence]` integer ids.
-        segment_ids: optional `[batch, sequence]` segment ids (needs `num_segments > 0`).
+        segment_ids: optional `[batch, sequence]` segment ids (needs `num_segments > 0`). When the
+            layer has segments and none are given, every token is in segment 0 (as in BERT).
         start_index: position of `token_ids[:, 0]` (a scalar; used with a KV cache).
 
     Example:
@@ -91,9 +93,11 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         embedded = self.token_embedding(token_ids)
         if self.position_embedding is not None:
             embedded = embedded + self.position_embedding(embedded, start_index=start_index)
-        if segment_ids is not None:
-            if self.segment_embedding is None:
-                raise ValueError("segment_ids were given but this embedding has num_segments=0.")
+        if segment_ids is not None and self.segment_embedding is None:
+            raise ValueError("segment_ids were given but this embedding has num_segments=0.")
+        if self.segment_embedding is not None:
+            if segment_ids is None:
+                segment_ids = ops.zeros_like(token_ids)
             embedded = embedded + self.segment_embedding(segment_ids)
         return embedded
 

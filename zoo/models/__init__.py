@@ -1,0 +1,21 @@
+"""Backbones (Encoder, Decoder), task models and generation, in `keras.ops` only."""
+
+from zoo.models.causal_lm import CausalLM
+from zoo.models.decoder import Decoder
+from zoo.models.encoder import Encoder
+from zoo.models.generation import generate_tokens, sample_next_token
+from zoo.models.masked_lm import MaskedLM
+from zoo.models.metrics import MacroClassificationMetric, Perplexity
+from zoo.models.text_classifier import TextClassifier
+
+__all__ = [
+    "CausalLM",
+    "Decoder",
+    "Encoder",
+    "MacroClassificationMetric",
+    "MaskedLM",
+    "Perplexity",
+    "TextClassifier",
+    "generate_tokens",
+    "sample_next_token",
+]

@@ -15,11 +15,12 @@ def _as_model(layer, inputs):
     return keras.Model(symbolic, layer(**symbolic))
 
 
-def check_layer(layer_class, init_kwargs, inputs, tmp_path, expect_trainable=True):
+def check_layer(layer_class, init_kwargs, inputs, tmp_path, expect_trainable=True, mixed_output_dtype="bfloat16"):
     """Asserts what every zoo layer guarantees.
 
     `inputs` maps call-argument names to numpy arrays (batch first); the layer is called as
-    `layer(**inputs)`.
+    `layer(**inputs)`. Heads that return float32 logits under mixed precision (for a stable
+    loss) pass `mixed_output_dtype="float32"`.
     """
     layer = layer_class(**init_kwargs)
     model = _as_model(layer, inputs)
@@ -53,9 +54,9 @@ def check_layer(layer_class, init_kwargs, inputs, tmp_path, expect_trainable=Tru
     else:
         assert not layer.weights, f"{layer_class.__name__} should have no weights"
 
-    # Under mixed_bfloat16 the layer computes (and returns) bfloat16 and keeps float32 weights.
+    # Under mixed_bfloat16 the layer computes in bfloat16 and keeps float32 weights.
     mixed = layer_class(**init_kwargs, dtype="mixed_bfloat16")
     output = mixed(**inputs)
-    assert keras.backend.standardize_dtype(output.dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(output.dtype) == mixed_output_dtype
     assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in mixed.weights)
     return layer

@@ -1,0 +1,153 @@
+"""GPT-like decoder: embeddings, pre-norm causal blocks, final norm, output tied to the token embedding."""
+
+import keras
+from keras import ops
+
+from zoo.layers.residual_block import make_norm
+from zoo.layers.token_and_position_embedding import TokenAndPositionEmbedding
+from zoo.layers.transformer_decoder_block import TransformerDecoderBlock
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class Decoder(keras.layers.Layer):
+    """A causal language model body: `[batch, sequence]` token ids to float32 next-token logits.
+
+    The output projection is the transposed token embedding (weight tying, as GPT-2).
+
+    Args:
+        vocabulary_size, sequence_length: token ids and positions the embeddings cover.
+        num_layers, hidden_dim, num_heads, intermediate_dim: the transformer's shape.
+        dropout: dropout on embeddings, residual branches and attention weights.
+        activation: feed-forward activation ("gelu_approximate" is GPT-2's tanh GELU).
+        normalization: "layer_norm" or "rms_norm".
+        layer_norm_epsilon: epsilon of every norm.
+        position_embedding_type: "learned" (GPT-2), "sinusoidal" or "none" (with `use_rotary`).
+        use_rotary: rotary position embedding inside attention.
+        num_key_value_heads: grouped-query attention (a smaller KV cache).
+        kernel_initializer: initialiser of the projections and embeddings.
+
+    Call arguments:
+        token_ids: `[batch, sequence]`.
+        padding_mask: optional `[batch, key_length]`, true at real tokens.
+        cache: optional `[batch, num_layers, 2, max_length, kv_heads, head_dim]` KV cache (see
+            `init_cache`); the decoder then returns `(logits, updated_cache)`.
+        cache_index: scalar position of `token_ids[:, 0]`, required with `cache`.
+        training: enables dropout.
+
+    Example:
+    >>> decoder = Decoder(vocabulary_size=100, sequence_length=16, num_layers=2, hidden_dim=8,
+    ...                   num_heads=2, intermediate_dim=16)
+    >>> decoder(keras.ops.ones((2, 5), "int32")).shape
+    (2, 5, 100)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        sequence_length,
+        num_layers,
+        hidden_dim,
+        num_heads,
+        intermediate_dim,
+        dropout=0.0,
+        activation="gelu_approximate",
+        normalization="layer_norm",
+        layer_norm_epsilon=1e-5,
+        position_embedding_type="learned",
+        use_rotary=False,
+        num_key_value_heads=None,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.sequence_length = sequence_length
+        self.num_layers = num_layers
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.activation = activation
+        self.normalization = normalization
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.position_embedding_type = position_embedding_type
+        self.use_rotary = use_rotary
+        self.num_key_value_heads = num_key_value_heads
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        policy = self.dtype_policy
+        self.embeddings = TokenAndPositionEmbedding(
+            vocabulary_size, sequence_length, hidden_dim, position_embedding_type=position_embedding_type,
+            embeddings_initializer=self.kernel_initializer, dtype=policy, name="embeddings",
+        )
+        self.embeddings_dropout = keras.layers.Dropout(dropout, dtype=policy)
+        self.blocks = [
+            TransformerDecoderBlock(
+                num_heads, intermediate_dim, dropout=dropout, activation=activation, normalization=normalization,
+                layer_norm_epsilon=layer_norm_epsilon, num_key_value_heads=num_key_value_heads,
+                use_rotary=use_rotary, kernel_initializer=self.kernel_initializer, dtype=policy,
+                name=f"block_{index}",
+            )
+            for index in range(num_layers)
+        ]
+        self.final_norm = make_norm(normalization, layer_norm_epsilon, policy, "final_norm")
+
+    @property
+    def token_embedding(self):
+        return self.embeddings.token_embedding
+
+    @property
+    def head_dim(self):
+        return self.hidden_dim // self.num_heads
+
+    def init_cache(self, batch_size, max_length, dtype=None):
+        """A zero KV cache for `batch_size` sequences of up to `max_length` tokens."""
+        kv_heads = self.num_key_value_heads or self.num_heads
+        shape = (batch_size, self.num_layers, 2, max_length, kv_heads, self.head_dim)
+        return ops.zeros(shape, dtype=dtype or self.compute_dtype)
+
+    def build(self, token_ids_shape, padding_mask_shape=None):
+        self.embeddings.build(token_ids_shape)
+        hidden_shape = tuple(token_ids_shape) + (self.hidden_dim,)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.final_norm.build(hidden_shape)
+        self.built = True
+
+    def call(self, token_ids, padding_mask=None, cache=None, cache_index=None, training=None):
+        start_index = 0 if cache is None else cache_index
+        x = self.embeddings_dropout(self.embeddings(token_ids, start_index=start_index), training=training)
+        layer_caches = []
+        for index, block in enumerate(self.blocks):
+            if cache is None:
+                x = block(x, padding_mask=padding_mask, training=training)
+            else:
+                x, layer_cache = block(
+                    x, padding_mask=padding_mask, cache=cache[:, index], cache_index=cache_index, training=training
+                )
+                layer_caches.append(layer_cache)
+        logits = ops.cast(self.token_embedding(self.final_norm(x), reverse=True), "float32")
+        return logits if cache is None else (logits, ops.stack(layer_caches, axis=1))
+
+    def compute_output_spec(self, token_ids, padding_mask=None, cache=None, cache_index=None, training=None):
+        logits = keras.KerasTensor(tuple(token_ids.shape) + (self.vocabulary_size,), dtype="float32")
+        return logits if cache is None else (logits, keras.KerasTensor(cache.shape, dtype=cache.dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocabulary_size=self.vocabulary_size,
+            sequence_length=self.sequence_length,
+            num_layers=self.num_layers,
+            hidden_dim=self.hidden_dim,
+            num_heads=self.num_heads,
+            intermediate_dim=self.intermediate_dim,
+            dropout=self.dropout,
+            activation=self.activation,
+            normalization=self.normalization,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            position_embedding_type=self.position_embedding_type,
+            use_rotary=self.use_rotary,
+            num_key_value_heads=self.num_key_value_heads,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
