@@ -1,0 +1,156 @@
+"""WordPiece tokenizer: special token ids, casing, the cache, save/load round trips."""
+
+import json
+import os
+
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from zoo.data import corpora
+from zoo.data import tokenizer as tokenizers
+
+VOCABULARY_SIZE = 1000
+ROUND_TRIP_TEXTS = [
+    "def read_config(path: str) -> dict:\n    return json.load(open(path))  # TODO",
+    "True is not true, and None is not none.",
+    "naïve café, Ünïcödé façade — “quotes” ½",
+    "日本語のテキストと中文",
+    "emoji 🎉🐍👍🏽 and ZWJ 👩‍💻",
+    "[MASK] [SEP] [CLS] stay plain text",
+    "",
+    "supercalifragilisticexpialidocious" * 5,
+]
+
+
+@pytest.fixture(scope="module")
+def stdlib_slice():
+    return corpora.text_documents("stdlib", max_documents=12)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(stdlib_slice, tmp_path_factory):
+    # test_pipelines.py asks for the same cache entry, so the suite trains this only once.
+    cache_dir = tmp_path_factory.getbasetemp() / "zoo-tokenizer-cache"
+    return tokenizers.train_tokenizer(
+        stdlib_slice, VOCABULARY_SIZE, cache_dir=str(cache_dir), cache_key="stdlib-slice"
+    )
+
+
+def _ids(tokenizer, text):
+    """Ids from an eager call (keras-hub's pure-Python path)."""
+    return np.asarray(tokenizer(text)).tolist()
+
+
+def _graph_ids(tokenizer, texts):
+    """Ids from inside a tf.function (the TensorFlow path that tf.data and exports use)."""
+    return tf.function(lambda batch: tokenizer(batch))(tf.constant(texts)).to_list()
+
+
+def test_special_tokens_sit_at_ids_0_to_4(tokenizer):
+    vocabulary = tokenizer.get_vocabulary()
+    assert vocabulary[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert tokenizers.SPECIAL_TOKENS == vocabulary[:5]
+    assert (tokenizers.PAD_ID, tokenizers.CLS_ID, tokenizers.SEP_ID) == (0, 2, 3)
+    assert [tokenizer.token_to_id(t) for t in tokenizers.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert tokenizer.vocabulary_size() == VOCABULARY_SIZE
+    assert len(set(vocabulary)) == VOCABULARY_SIZE
+    assert isinstance(tokenizer, keras_hub.tokenizers.WordPieceTokenizer)
+
+
+def test_special_token_text_is_not_a_special_token(tokenizer):
+    ids = _ids(tokenizer, "[MASK] [SEP]")
+    assert not set(ids) & {0, 2, 3, 4}
+
+
+def test_tokenizer_is_cased_and_learned_code(tokenizer):
+    assert _ids(tokenizer, "True") != _ids(tokenizer, "true")
+    assert _ids(tokenizer, "None") != _ids(tokenizer, "none")
+    # Frequent identifiers of the training code are single pieces, not characters.
+    for word in ("def", "return", "self", "import"):
+        assert len(_ids(tokenizer, word)) == 1, word
+    assert tokenizers.UNK_ID not in _ids(tokenizer, ROUND_TRIP_TEXTS[0])
+
+
+def test_uncased_tokenizer_folds_case_and_accents():
+    texts = ["True or False, Café or CAFE, true or false, cafe"] * 20
+    uncased = tokenizers.train_tokenizer(texts, 60, lowercase=True)
+    assert _ids(uncased, "True Café") == _ids(uncased, "true cafe")
+    assert uncased.vocabulary_size() == 60  # padded with [unusedN] beyond what was learned
+
+
+def test_cache_is_written_atomically_and_reused(tmp_path, monkeypatch):
+    calls = []
+    real = keras_hub.tokenizers.compute_word_piece_vocabulary
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(keras_hub.tokenizers, "compute_word_piece_vocabulary", counting)
+    texts = ["for item in items: yield item.value"] * 10 + ["while True: break"] * 10
+    first = tokenizers.train_tokenizer(texts, 80, cache_dir=str(tmp_path), cache_key="tiny")
+    assert len(calls) == 1
+    entry = tmp_path / "tiny-v80-cased"
+    assert sorted(os.listdir(entry)) == ["tokenizer.json", "vocab.txt"]  # no temp files left
+    assert json.loads((entry / "tokenizer.json").read_text())["lowercase"] is False
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the cached vocabulary should have been reused")
+
+    monkeypatch.setattr(keras_hub.tokenizers, "compute_word_piece_vocabulary", must_not_train)
+    second = tokenizers.train_tokenizer(texts, 80, cache_dir=str(tmp_path), cache_key="tiny")
+    assert second.get_vocabulary() == first.get_vocabulary()
+    # A different size or casing is a different entry, trained afresh.
+    monkeypatch.setattr(keras_hub.tokenizers, "compute_word_piece_vocabulary", counting)
+    tokenizers.train_tokenizer(texts, 80, lowercase=True, cache_dir=str(tmp_path), cache_key="tiny")
+    assert len(calls) == 2 and (tmp_path / "tiny-v80-uncased" / "vocab.txt").is_file()
+    # A half-written entry (no tokenizer.json) is retrained, not trusted.
+    (entry / "tokenizer.json").unlink()
+    tokenizers.train_tokenizer(texts, 80, cache_dir=str(tmp_path), cache_key="tiny")
+    assert len(calls) == 3
+
+
+def test_save_load_round_trip_gives_identical_ids(tokenizer, tmp_path):
+    tokenizers.save_tokenizer(tokenizer, str(tmp_path / "tok"))
+    loaded = tokenizers.load_tokenizer(str(tmp_path / "tok"))
+    assert loaded.get_vocabulary() == tokenizer.get_vocabulary()
+    assert (loaded.lowercase, loaded.strip_accents) == (tokenizer.lowercase, tokenizer.strip_accents)
+    for text in ROUND_TRIP_TEXTS:
+        assert _ids(loaded, text) == _ids(tokenizer, text), text
+    # Inside a graph (the tf.data / SavedModel path), batched, the ids are the same again.
+    graph = _graph_ids(loaded, ROUND_TRIP_TEXTS)
+    assert graph == _graph_ids(tokenizer, ROUND_TRIP_TEXTS)
+    assert graph == [_ids(tokenizer, text) for text in ROUND_TRIP_TEXTS]
+    assert 1 in _ids(loaded, "日本語")  # characters never seen in training are [UNK]
+
+
+def test_load_rejects_a_truncated_vocabulary(tokenizer, tmp_path):
+    directory = tmp_path / "tok"
+    tokenizers.save_tokenizer(tokenizer, str(directory))
+    lines = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (directory / "vocab.txt").write_text("\n".join(lines[:-10]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="corrupt"):
+        tokenizers.load_tokenizer(str(directory))
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        tokenizers.load_tokenizer(str(tmp_path / "empty"))
+
+
+def test_training_sample_is_capped_and_order_independent():
+    texts = [f"line {i}\n" * 50 for i in range(100)]  # 100 texts of 350-400 chars
+    sample = tokenizers._training_sample(texts, 5000)
+    assert 4000 < sum(map(len, sample)) <= 5000
+    assert sample == tokenizers._training_sample(list(reversed(texts)), 5000)
+    assert tokenizers._training_sample(texts, None) == texts
+
+
+def test_arguments_are_checked_and_cache_dir_is_configurable(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="special tokens"):
+        tokenizers.train_tokenizer(["abc"], 5)
+    with pytest.raises(ValueError, match="cache_key"):
+        tokenizers.train_tokenizer(["abc"], 50, cache_dir=str(tmp_path), cache_key="../x")
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
+    assert tokenizers.default_cache_dir() == str(tmp_path)
+    monkeypatch.delenv("ZOO_CACHE_DIR")
+    assert tokenizers.default_cache_dir() == os.path.join(os.path.expanduser("~"), ".cache", "zoo")

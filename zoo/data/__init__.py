@@ -1,0 +1,42 @@
+"""Data layer: local corpora, WordPiece tokenizers and tf.data pipelines.
+
+Names are loaded lazily, so `import zoo.data.corpora` stays cheap (no TensorFlow) while
+`from zoo.data import causal_lm_dataset` pulls in TensorFlow only when asked for.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "MissingCorpusError": "errors",
+    "DataFormatError": "errors",
+    "LM_SOURCES": "corpora",
+    "CLASSIFICATION_SOURCES": "corpora",
+    "SPLITS": "corpora",
+    "LabelledExamples": "corpora",
+    "text_documents": "corpora",
+    "labelled_examples": "corpora",
+    "document_keys": "corpora",
+    "SPECIAL_TOKENS": "tokenizer",
+    "train_tokenizer": "tokenizer",
+    "save_tokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    "default_cache_dir": "tokenizer",
+    "causal_lm_dataset": "pipelines",
+    "masked_lm_dataset": "pipelines",
+    "classification_dataset": "pipelines",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zoo.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"zoo.data.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
