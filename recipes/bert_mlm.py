@@ -1,0 +1,80 @@
+"""`bert-mlm`: a BERT-style masked language model with dynamic masking in the input pipeline."""
+
+import dataclasses
+
+import keras
+
+from recipes.base import Recipe, RecipeConfig
+from recipes.registry import register
+from zoo.models import Encoder, MaskedLM, Perplexity
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig(RecipeConfig):
+    activation: str = "gelu"  # BERT's exact (erf) GELU
+    num_segments: int = 2  # BERT's token types (all 0 for single texts)
+    layer_norm_epsilon: float = 1e-12
+    mask_selection_rate: float = 0.15
+    mask_token_rate: float = 0.8  # of the selected: replaced by [MASK]
+    random_token_rate: float = 0.1  # of the selected: replaced by a random token (the rest kept)
+    max_predictions: int = 0  # masked positions per sequence; 0: the pipeline's default for the rate
+    steps_per_epoch: int = 300
+    validation_steps: int = 20
+
+
+def _bert(preset, layers, hidden, heads, **kwargs):
+    return BertConfig(
+        preset=preset, num_layers=layers, hidden_dim=hidden, num_heads=heads, intermediate_dim=4 * hidden, **kwargs
+    )
+
+
+# The BERT miniatures (Turc et al., 2019) and BERT-base.
+PRESETS = {
+    "tiny": _bert("tiny", 2, 128, 2),
+    "mini": _bert("mini", 4, 256, 4),
+    "small": _bert("small", 4, 512, 8),
+    "base": _bert("base", 12, 768, 12, vocabulary_size=30522, sequence_length=512, learning_rate=1e-4, warmup_steps=10000, total_steps=1000000),
+}
+
+
+@register("bert-mlm")
+class BertMaskedLMRecipe(Recipe):
+    """Masked-token prediction: text chunks wrapped as [CLS] ... [SEP], 15% of tokens selected
+    per step (80% [MASK], 10% random, 10% kept), logits only at the selected positions.
+    Metrics: masked-token accuracy and perplexity."""
+
+    config_class = BertConfig
+    presets = PRESETS
+
+    def create_model(self):
+        c = self.config
+        encoder = Encoder(
+            self.model_vocabulary_size, c.sequence_length, c.num_layers, c.hidden_dim, c.num_heads,
+            c.intermediate_dim, dropout=c.dropout, activation=c.activation, num_segments=c.num_segments,
+            layer_norm_epsilon=c.layer_norm_epsilon, name="encoder",
+        )
+        return MaskedLM(encoder, name="bert_mlm")
+
+    def compile_model(self, model, total_steps=None, jit_compile="auto"):
+        model.compile(
+            optimizer=self.make_optimizer(total_steps),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), Perplexity()],
+            jit_compile=jit_compile,
+        )
+
+    def datasets(self, source=None, batch_size=None, splits=("train", "validation")):
+        from zoo.data import corpora, pipelines
+
+        c = self.config
+        source = source or c.data
+        tokenizer = self.get_tokenizer(source)
+        return tuple(
+            pipelines.masked_lm_dataset(
+                self._limit(corpora.text_documents(source, split)), tokenizer, c.sequence_length,
+                batch_size or c.batch_size, mask_selection_rate=c.mask_selection_rate,
+                mask_token_rate=c.mask_token_rate, random_token_rate=c.random_token_rate,
+                max_predictions=c.max_predictions or None, shuffle=split == "train", seed=c.seed,
+            )
+            for split in splits
+        )

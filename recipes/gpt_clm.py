@@ -1,0 +1,106 @@
+"""`gpt-clm`: a GPT-style causal language model, trained on packed blocks of text, with generation."""
+
+import dataclasses
+
+import keras
+
+from recipes.base import Recipe, RecipeConfig
+from recipes.registry import register
+from zoo.models import CausalLM, Decoder, Perplexity
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig(RecipeConfig):
+    dropout: float = 0.0  # as nanoGPT for pre-training; raise it for small data
+    learning_rate: float = 1e-3
+    activation: str = "gelu_approximate"  # GPT-2's tanh GELU
+    position_embedding_type: str = "learned"  # learned | sinusoidal | none (with use_rotary)
+    use_rotary: bool = False
+    num_key_value_heads: int = 0  # 0: one key/value head per query head
+    sample_prompt: str = "def "  # what TensorBoard samples continue
+    sample_tokens: int = 48
+    steps_per_epoch: int = 300  # ~1.2M tokens: the default run takes a few minutes on 2 CPU cores
+    validation_steps: int = 20
+
+
+PRESETS = {
+    # The shared CPU benchmark shape (BENCHMARKS.md): 2 layers, hidden 128, 2 heads, context 128.
+    "tiny": GPTConfig(),
+    # The GPT-2 124M shape: 12 layers, hidden 768, 12 heads, context 1024, GPT-2's vocabulary size.
+    "small": GPTConfig(
+        preset="small", vocabulary_size=50257, sequence_length=1024, num_layers=12, hidden_dim=768,
+        num_heads=12, intermediate_dim=3072, learning_rate=6e-4, batch_size=8, warmup_steps=2000,
+        total_steps=600000,
+    ),
+}
+
+
+@register("gpt-clm")
+class GPTCausalLMRecipe(Recipe):
+    """Next-token prediction on documents concatenated (each ended by [SEP]) and packed into
+    full blocks of `sequence_length` tokens: no padding anywhere. Metrics: token accuracy and
+    perplexity. `generate_text` continues prompts with the KV-cache generator."""
+
+    config_class = GPTConfig
+    presets = PRESETS
+
+    def create_model(self):
+        c = self.config
+        decoder = Decoder(
+            self.model_vocabulary_size, c.sequence_length, c.num_layers, c.hidden_dim, c.num_heads,
+            c.intermediate_dim, dropout=c.dropout, activation=c.activation,
+            position_embedding_type=c.position_embedding_type, use_rotary=c.use_rotary,
+            num_key_value_heads=c.num_key_value_heads or None, name="decoder",
+        )
+        return CausalLM(decoder, name="gpt_clm")
+
+    def compile_model(self, model, total_steps=None, jit_compile="auto"):
+        model.compile(
+            optimizer=self.make_optimizer(total_steps),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), Perplexity()],
+            jit_compile=jit_compile,
+        )
+
+    def datasets(self, source=None, batch_size=None, splits=("train", "validation")):
+        from zoo.data import corpora, pipelines
+
+        source = source or self.config.data
+        tokenizer = self.get_tokenizer(source)
+        return tuple(
+            pipelines.causal_lm_dataset(
+                self._limit(corpora.text_documents(source, split)), tokenizer, self.config.sequence_length,
+                batch_size or self.config.batch_size, shuffle=split == "train", seed=self.config.seed,
+            )
+            for split in splits
+        )
+
+    def generate_text(self, model, prompts, max_new_tokens=None, **sampling):
+        """Continues each text prompt; returns the new text of each.
+
+        Prompts start after an end-of-document token, as documents do in training; generation
+        stops at the next one. `sampling`: temperature, top_k, top_p, seed (see CausalLM.generate).
+        """
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            raise ValueError("No tokenizer yet: call datasets() first, or load one with the checkpoint.")
+        end_id = tokenizer.token_to_id("[SEP]")
+        prompt_ids = [[end_id] + list(keras.ops.convert_to_numpy(tokenizer(p))) for p in prompts]
+        new_ids = model.generate(
+            prompt_ids, max_new_tokens=max_new_tokens or self.config.sample_tokens, end_token_id=end_id, **sampling
+        )
+        return [self.detokenize([i for i in ids if i != end_id]) for ids in new_ids]
+
+    def tensorboard_samples(self, model):
+        """Three sampled continuations of `sample_prompt`, for TensorBoard's text dashboard."""
+        prompts = [self.config.sample_prompt] * 3
+        continuations = self.generate_text(model, prompts, temperature=0.8, top_k=40, seed=self.config.seed)
+        return [prompt + continuation for prompt, continuation in zip(prompts, continuations)]
+
+    def detokenize(self, ids):
+        if not ids:
+            return ""
+        text = self.tokenizer.detokenize(keras.ops.convert_to_tensor(ids, "int32"))
+        if not isinstance(text, (str, bytes)):  # a tensor, depending on keras-hub's output mode
+            text = keras.ops.convert_to_numpy(text).item()
+        return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
