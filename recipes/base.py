@@ -130,8 +130,13 @@ class Recipe:
 
     # -- data ----------------------------------------------------------------------------
 
-    def datasets(self, source=None, batch_size=None, splits=("train", "validation")):
-        """tf.data pipelines for `splits` (a tuple of datasets, in that order)."""
+    def datasets(self, source=None, batch_size=None, splits=("train", "validation"), repeat=False):
+        """tf.data pipelines for `splits` (a tuple of datasets, in that order).
+
+        With `repeat`, each dataset is an endless sequence of passes over its split, every
+        pass's order a function of (seed, pass number) only: iterating it again, in another
+        process or on another worker, replays the same batches.
+        """
         raise NotImplementedError
 
     def _limit(self, documents):

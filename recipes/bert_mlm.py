@@ -63,7 +63,7 @@ class BertMaskedLMRecipe(Recipe):
             jit_compile=jit_compile,
         )
 
-    def datasets(self, source=None, batch_size=None, splits=("train", "validation")):
+    def datasets(self, source=None, batch_size=None, splits=("train", "validation"), repeat=False):
         from zoo.data import corpora, pipelines
 
         c = self.config
@@ -74,7 +74,7 @@ class BertMaskedLMRecipe(Recipe):
                 self._limit(corpora.text_documents(source, split)), tokenizer, c.sequence_length,
                 batch_size or c.batch_size, mask_selection_rate=c.mask_selection_rate,
                 mask_token_rate=c.mask_token_rate, random_token_rate=c.random_token_rate,
-                max_predictions=c.max_predictions or None, shuffle=split == "train", seed=c.seed,
+                max_predictions=c.max_predictions or None, shuffle=split == "train", seed=c.seed, repeat=repeat,
             )
             for split in splits
         )

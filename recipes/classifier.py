@@ -138,7 +138,7 @@ class ClassifierRecipe(Recipe):
             raise ValueError(f"Labels of {source!r} ({examples.label_names}) differ from the model's ({self.label_names}).")
         return examples
 
-    def datasets(self, source=None, batch_size=None, splits=("train", "validation")):
+    def datasets(self, source=None, batch_size=None, splits=("train", "validation"), repeat=False):
         from zoo.data import pipelines
 
         source = source or self.config.data
@@ -152,7 +152,7 @@ class ClassifierRecipe(Recipe):
             results.append(
                 pipelines.classification_dataset(
                     texts, labels, tokenizer, self.config.sequence_length, batch_size or self.config.batch_size,
-                    shuffle=split == "train", seed=self.config.seed,
+                    shuffle=split == "train", seed=self.config.seed, repeat=repeat,
                 )
             )
         return tuple(results)

@@ -62,7 +62,7 @@ class GPTCausalLMRecipe(Recipe):
             jit_compile=jit_compile,
         )
 
-    def datasets(self, source=None, batch_size=None, splits=("train", "validation")):
+    def datasets(self, source=None, batch_size=None, splits=("train", "validation"), repeat=False):
         from zoo.data import corpora, pipelines
 
         source = source or self.config.data
@@ -70,7 +70,7 @@ class GPTCausalLMRecipe(Recipe):
         return tuple(
             pipelines.causal_lm_dataset(
                 self._limit(corpora.text_documents(source, split)), tokenizer, self.config.sequence_length,
-                batch_size or self.config.batch_size, shuffle=split == "train", seed=self.config.seed,
+                batch_size or self.config.batch_size, shuffle=split == "train", seed=self.config.seed, repeat=repeat,
             )
             for split in splits
         )
@@ -94,7 +94,10 @@ class GPTCausalLMRecipe(Recipe):
     def tensorboard_samples(self, model):
         """Three sampled continuations of `sample_prompt`, for TensorBoard's text dashboard."""
         prompts = [self.config.sample_prompt] * 3
-        continuations = self.generate_text(model, prompts, temperature=0.8, top_k=40, seed=self.config.seed)
+        max_new_tokens = min(self.config.sample_tokens, self.config.sequence_length // 2)
+        continuations = self.generate_text(
+            model, prompts, max_new_tokens=max_new_tokens, temperature=0.8, top_k=40, seed=self.config.seed
+        )
         return [prompt + continuation for prompt, continuation in zip(prompts, continuations)]
 
     def detokenize(self, ids):

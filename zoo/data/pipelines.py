@@ -9,9 +9,15 @@ token stream that is cut into fixed-size blocks with no padding. The cutting is 
 `Dataset.scan` that carries the unfinished tail of the stream from one document to the next,
 so memory stays at one document and no per-token dataset elements are created (an
 `unbatch()` to single tokens costs microseconds per token, seconds per epoch on this corpus).
-The tail of the stream that does not fill a block is dropped (with `repeat=True` the stream
-continues into the next pass instead). Shuffling reorders documents before packing and blocks
-after it; with `shuffle=False` blocks come in corpus order.
+The tail of each pass's stream that does not fill a block is dropped. Shuffling reorders
+documents before packing and blocks after it; with `shuffle=False` blocks come in corpus order.
+
+Every pass's order is a pure function of `(seed, pass number)`: documents are permuted with
+`tf.random.experimental.stateless_shuffle`, and the block shuffle is rebuilt per pass with
+fixed seeds. tf.data's `reshuffle_each_iteration` would instead advance hidden state with every
+new iterator, and Keras opens more than one (its symbolic build under a strategy, a resumed
+run): the same dataset would then feed different data. With `repeat=True` the passes follow
+each other: 0, 1, 2, ...
 
 Every function takes the tokenizer returned by `train_tokenizer` / `load_tokenizer`; the ids
 of `[PAD]`, `[CLS]`, `[SEP]` and `[MASK]` are looked up in its vocabulary.
@@ -22,7 +28,6 @@ import math
 import keras_hub
 import tensorflow as tf
 
-SHUFFLE_BUFFER_DOCUMENTS = 1024
 SHUFFLE_BUFFER_BLOCKS = 4096
 
 
@@ -54,8 +59,6 @@ def causal_lm_dataset(
     _check_sizes(sequence_length, batch_size)
     end_id = tokenizer.token_to_id("[SEP]")
     blocks = _packed_blocks(documents, tokenizer, sequence_length + 1, end_id, shuffle, seed, repeat)
-    if shuffle:
-        blocks = blocks.shuffle(SHUFFLE_BUFFER_BLOCKS, seed=seed + 1)
     dataset = blocks.batch(batch_size, drop_remainder=True)
     dataset = dataset.map(lambda block: (block[:, :-1], block[:, 1:]), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -129,8 +132,6 @@ def masked_lm_dataset(
         random_token_rate=random_token_rate,
     )
     chunks = _packed_blocks(documents, tokenizer, sequence_length - 2, sep_id, shuffle, seed, repeat)
-    if shuffle:
-        chunks = chunks.shuffle(SHUFFLE_BUFFER_BLOCKS, seed=seed + 1)
     dataset = chunks.batch(batch_size, drop_remainder=True)
 
     def wrap_and_mask(chunk):
@@ -197,11 +198,15 @@ def classification_dataset(
         pad_value=pad_id,
         return_padding_mask=True,
     )
-    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string), tf.constant(labels, tf.int32)))
-    if shuffle:
-        dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
+    texts, labels = tf.constant(texts, tf.string), tf.constant(labels, tf.int32)
+
+    def one_pass(epoch):
+        if not shuffle:
+            return tf.data.Dataset.from_tensor_slices((texts, labels))
+        order = _permutation(tf.shape(texts)[0], seed, epoch)
+        return tf.data.Dataset.from_tensor_slices((tf.gather(texts, order), tf.gather(labels, order)))
+
+    dataset = _passes(one_pass, repeat)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
 
     def preprocess(text, label):
@@ -225,25 +230,29 @@ def _check_sizes(sequence_length, batch_size, minimum_length=1):
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
 
 
+def _permutation(size, seed, epoch):
+    """A permutation of range(size) that depends only on (seed, epoch)."""
+    seeds = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_shuffle(tf.range(size), seed=seeds)
+
+
+def _passes(one_pass, repeat):
+    """`one_pass(0)`, or with `repeat` the endless sequence of passes 0, 1, 2, ..."""
+    if not repeat:
+        return one_pass(tf.constant(0, tf.int64))
+    return tf.data.Dataset.counter().flat_map(one_pass)
+
+
 def _packed_blocks(documents, tokenizer, block_length, end_id, shuffle, seed, repeat):
     """A dataset of [block_length] int32 blocks cut from the tokenized document stream."""
     documents = [document for document in documents if document]
     if not documents:
         raise ValueError("Need at least one non-empty document to build a language-model dataset.")
-    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(documents, tf.string))
-    if shuffle:
-        dataset = dataset.shuffle(
-            min(len(documents), SHUFFLE_BUFFER_DOCUMENTS), seed=seed, reshuffle_each_iteration=True
-        )
-    if repeat:
-        dataset = dataset.repeat()
+    documents = tf.constant(documents, tf.string)
 
     def tokenize(document):
         token_ids = tf.cast(tokenizer(document), tf.int32)
         return tf.concat([token_ids, [end_id]], axis=0)
-
-    # deterministic=True keeps the stream in document order despite parallel tokenization.
-    dataset = dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def cut(tail, token_ids):
         stream = tf.concat([tail, token_ids], axis=0)
@@ -251,5 +260,14 @@ def _packed_blocks(documents, tokenizer, block_length, end_id, shuffle, seed, re
         blocks = tf.reshape(stream[:full], [-1, block_length])
         return stream[full:], blocks
 
-    dataset = dataset.scan(tf.zeros([0], tf.int32), cut)
-    return dataset.unbatch()
+    def one_pass(epoch):
+        ordered = tf.gather(documents, _permutation(tf.shape(documents)[0], seed, epoch)) if shuffle else documents
+        dataset = tf.data.Dataset.from_tensor_slices(ordered)
+        # deterministic=True keeps the stream in document order despite parallel tokenization.
+        dataset = dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        blocks = dataset.scan(tf.zeros([0], tf.int32), cut).unbatch()
+        if shuffle:
+            blocks = blocks.shuffle(SHUFFLE_BUFFER_BLOCKS, seed=seed + 1, reshuffle_each_iteration=False)
+        return blocks
+
+    return _passes(one_pass, repeat)
