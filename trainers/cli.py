@@ -1,7 +1,71 @@
-"""The `zoo` command line."""
+"""The `zoo` command line: list, train, evaluate."""
 
 import argparse
+import dataclasses
+import json
+import os
 import sys
+
+EXIT_USAGE = 2
+# trainers.strategy.STRATEGY_NAMES, repeated here so that `zoo --help` does not import
+# TensorFlow (a test keeps the two equal).
+STRATEGY_CHOICES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+class UsageError(Exception):
+    """A bad argument: printed as one line, exit status 2, no traceback."""
+
+
+# -- config overrides ------------------------------------------------------------------------
+
+
+def _coerce(recipe_class, key, value, raw):
+    """`value` converted to the type of config field `key` (validated by the registry)."""
+    fields = {f.name: f for f in dataclasses.fields(recipe_class.config_class)}
+    if key not in fields:
+        return value  # the registry reports unknown keys with the list of valid ones
+    expected = fields[key].type
+    if expected is str:
+        return raw if isinstance(raw, str) else str(value)
+    if expected is bool and isinstance(value, bool):
+        return value
+    if expected is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise UsageError(f"{key} expects {expected.__name__}, got {raw!r}.")
+
+
+def parse_overrides(recipe_class, config_file=None, assignments=()):
+    """Config overrides from a JSON/YAML file and `key=value` strings (the latter win)."""
+    import yaml
+
+    overrides = {}
+    if config_file:
+        if not os.path.exists(config_file):
+            raise UsageError(f"Config file {config_file!r} does not exist.")
+        with open(config_file) as f:
+            try:
+                loaded = json.load(f) if config_file.endswith(".json") else yaml.safe_load(f)
+            except (ValueError, yaml.YAMLError) as error:
+                raise UsageError(f"{config_file}: not valid {'JSON' if config_file.endswith('.json') else 'YAML'}: {error}")
+        if not isinstance(loaded, dict):
+            raise UsageError(f"{config_file}: expected a mapping of config keys to values.")
+        for key, value in loaded.items():
+            overrides[key] = _coerce(recipe_class, key, value, value)
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects key=value, got {assignment!r}.")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        overrides[key.strip()] = _coerce(recipe_class, key.strip(), value, raw)
+    return overrides
+
+
+# -- commands --------------------------------------------------------------------------------
 
 
 def _cmd_list(args):
@@ -11,15 +75,115 @@ def _cmd_list(args):
         recipe_class = recipes.get_class(name)
         presets = ", ".join(sorted(recipe_class.presets))
         print(f"{name:<12} presets: {presets} (default {recipe_class.default_preset})")
+        if recipe_class.__doc__:
+            print(f"{'':<12} {recipe_class.__doc__.split(chr(10))[0]}")
     return 0
+
+
+def _print_metrics(metrics):
+    print(json.dumps({k: round(float(v), 6) for k, v in metrics.items()}, indent=2))
+    width = max(len(k) for k in metrics) if metrics else 0
+    for key, value in metrics.items():
+        print(f"{key:<{width}}  {float(value):.4f}")
+
+
+def _cmd_train(args):
+    import recipes
+    from trainers.quiet import filtered_native_stderr
+    from trainers.strategy import get_strategy
+    from trainers.trainer import Trainer, TrainOptions
+
+    recipe_class = recipes.get_class(args.recipe)
+    overrides = parse_overrides(recipe_class, args.config, args.set or ())
+    for key, value in (("batch_size", args.batch_size), ("sequence_length", args.seq_len), ("init_from", args.init_from)):
+        if value is not None:
+            overrides[key] = value
+    preset = overrides.pop("preset", None) or args.preset
+    recipe = recipes.get(args.recipe, preset=preset, **overrides)
+    run_dir = args.run_dir or os.path.join("runs", f"{args.recipe}-{recipe.config.preset}")
+    options = TrainOptions(
+        epochs=1 if args.steps else (args.epochs or 1),
+        steps_per_epoch=args.steps or 0,
+        strategy=args.strategy,
+        jit_compile=not args.no_xla,
+        mixed_precision=args.mixed_precision or "",
+        log_every=args.log_every,
+        backup_every=args.backup_every,
+        verbose=args.verbose,
+    )
+    # The strategy comes first: a multi-worker strategy must exist before any other TF op.
+    with filtered_native_stderr():
+        strategy = get_strategy(args.strategy)
+    result = Trainer(recipe, run_dir, data=args.data, options=options, strategy=strategy).train()
+    final = {k: v[-1] for k, v in result.history.items()}
+    if final:
+        print(f"\nFinished step {result.final_step} (resumed from {result.resumed_from_step}). Final metrics:")
+        _print_metrics(final)
+    if hasattr(recipe, "generate_text"):
+        prompt = recipe.config.sample_prompt
+        text = recipe.generate_text(result.model, [prompt], temperature=0.8, top_k=40, seed=recipe.config.seed)[0]
+        print(f"\nSample ({prompt!r}, temperature 0.8, top-k 40):\n{prompt}{text}")
+    print(f"\nRun directory: {run_dir}  (tensorboard --logdir {os.path.dirname(run_dir) or '.'})")
+    return 0
+
+
+def _cmd_evaluate(args):
+    from trainers.quiet import filtered_native_stderr
+    from trainers.trainer import evaluate_run
+
+    if not os.path.exists(args.run_dir):
+        raise UsageError(f"Run directory {args.run_dir!r} does not exist.")
+    with filtered_native_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    metrics = evaluate_run(args.run_dir, data=args.data, split=args.split, steps=args.steps)
+    _print_metrics(metrics)
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="zoo", description="Train, evaluate and export transformer recipes.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+
     listing = commands.add_parser("list", help="list the registered recipes and their presets")
     listing.set_defaults(handler=_cmd_list)
+
+    train = commands.add_parser(
+        "train", help="train a recipe (re-running the same command resumes it)",
+        description="Train a recipe into a run directory. Re-running the same command after a crash "
+        "resumes from the last step backup.",
+    )
+    train.add_argument("recipe", help="a registered recipe (see `zoo list`)")
+    train.add_argument("--preset", help="a preset of the recipe (default: its default preset)")
+    train.add_argument("--data", help="a built-in source (stdlib, python-docs, fortunes, wordnet) or a local path")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="number of epochs (an epoch is the recipe's steps_per_epoch)")
+    length.add_argument("--steps", type=int, help="train this many steps in total (one epoch)")
+    train.add_argument("--batch-size", type=int, help="global batch size (split over replicas)")
+    train.add_argument("--seq-len", type=int, help="sequence length")
+    train.add_argument("--strategy", default="auto", choices=STRATEGY_CHOICES, help="tf.distribute strategy (default: auto)")
+    train.add_argument("--run-dir", help="run directory (default: runs/<recipe>-<preset>)")
+    train.add_argument("--config", help="a JSON or YAML file of config overrides")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field (repeatable)")
+    train.add_argument("--init-from", help="classifier: start the encoder from a bert-mlm checkpoint")
+    train.add_argument("--no-xla", action="store_true", help="turn XLA compilation off")
+    train.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"], help="mixed precision policy")
+    train.add_argument("--log-every", type=int, default=10, help="TensorBoard scalars every N steps (default 10)")
+    train.add_argument("--backup-every", type=int, default=50, help="step backups every N steps (default 50)")
+    train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
+    train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run's best checkpoint; prints JSON and a table")
+    evaluate.add_argument("run_dir", help="a run directory (or checkpoint directory)")
+    evaluate.add_argument("--data", help="evaluate on another source (default: the run's own)")
+    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"], help="default: test")
+    evaluate.add_argument("--steps", type=int, default=0, help="evaluate only this many batches (0: all)")
+    evaluate.set_defaults(handler=_cmd_evaluate)
     return parser
 
 
@@ -28,8 +192,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from trainers.quiet import import_tensorflow
 
-    import_tensorflow()
-    return args.handler(args)
+    import_tensorflow(probe_devices=False)  # `train` creates its strategy before any device use
+    from zoo.data.errors import DataFormatError, MissingCorpusError
+
+    try:
+        return args.handler(args)
+    except (UsageError, KeyError, ValueError, FileNotFoundError, MissingCorpusError, DataFormatError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"zoo {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"zoo {args.command}: interrupted; re-run the same command to resume.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -56,11 +56,18 @@ def filtered_native_stderr():
             sys.stderr.flush()
 
 
-def import_tensorflow():
-    """`import tensorflow` and initialise its devices, without the start-up noise. Returns the module."""
+def import_tensorflow(probe_devices=True):
+    """`import tensorflow` and keras without the start-up noise; returns tensorflow.
+
+    With `probe_devices`, TensorFlow also initialises its devices here (the CUDA probe). Leave it
+    off when a multi-worker strategy is still to be created: that must come before any device
+    initialisation; create it inside `filtered_native_stderr()` instead.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with filtered_native_stderr():
+        import keras  # noqa: F401 - imported here so its TensorFlow import is filtered too
         import tensorflow as tf
 
-        tf.config.list_physical_devices()  # the CUDA probe runs here, on first use
+        if probe_devices:
+            tf.config.list_physical_devices()
     return tf
