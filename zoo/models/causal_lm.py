@@ -9,6 +9,14 @@ from zoo.models.generation import compile_function, generate_tokens
 _MIN_BUFFER = 16
 
 
+class _FunctionCache:
+    """Compiled generation functions by shape. Not a dict: TensorFlow wraps dict attributes for
+    tracking and then refuses to save a model holding tf.functions keyed by tuples."""
+
+    def __init__(self):
+        self.functions = {}
+
+
 def _buffer_length(needed, sequence_length):
     """Generation buffers come in powers of two (at least 16, at most the context length):
     one compiled function serves every request that fits, instead of one per exact length."""
@@ -38,7 +46,7 @@ class CausalLM(keras.Model):
         logits = decoder(token_ids)
         super().__init__(inputs=token_ids, outputs=logits, **kwargs)
         self.decoder = decoder
-        self._generate_functions = {}
+        self._generate_functions = _FunctionCache()
         self.generate_traces = 0  # how many times a generation function was traced (tests read it)
 
     def get_config(self):
@@ -52,7 +60,8 @@ class CausalLM(keras.Model):
 
     def _generate_function(self, batch_size, length):
         key = (batch_size, length)
-        if key not in self._generate_functions:
+        functions = self._generate_functions.functions
+        if key not in functions:
 
             def generate(token_ids, prompt_lengths, max_new_tokens, end_token_id, temperature, top_k, top_p, seed):
                 self.generate_traces += 1  # runs only while tracing
@@ -61,8 +70,8 @@ class CausalLM(keras.Model):
                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                 )
 
-            self._generate_functions[key] = compile_function(generate, self)
-        return self._generate_functions[key]
+            functions[key] = compile_function(generate, self)
+        return functions[key]
 
     def generate(
         self, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=1.0, seed=0, end_token_id=None, pad_token_id=0

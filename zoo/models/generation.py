@@ -91,7 +91,8 @@ def generate_tokens(
     """
     token_ids = ops.cast(token_ids, "int32")
     prompt_lengths = ops.cast(prompt_lengths, "int32")
-    batch_size, length = token_ids.shape[0], token_ids.shape[1]
+    # The batch may be dynamic (a serving signature takes any batch); the length must be static.
+    batch_size, length = ops.shape(token_ids)[0], token_ids.shape[1]
     cache = decoder.init_cache(batch_size, length)
     logits, cache = decoder(token_ids, cache=cache, cache_index=0)
     start = ops.min(prompt_lengths)
