@@ -17,6 +17,7 @@ setup(
         "numpy>=1.26,<3",
         "pyyaml>=6,<7",
         "safetensors>=0.4,<1",
+        "werkzeug>=3.0,<4",  # the TF-Serving-compatible HTTP server (zoo serve)
     ],
     extras_require={
         # jax (CPU) runs the layer tests on a second backend: the zoo's layers must stay backend-agnostic.

@@ -155,11 +155,14 @@ class Recipe:
         with open(os.path.join(directory, "config.json"), "w") as f:
             json.dump(self.config_dict(), f, indent=2)
 
-    def export(self, model, path):
-        raise NotImplementedError(
-            f"SavedModel export of {self.name!r} is not written yet: it arrives with the export issue "
-            "(#5, `zoo export`). Until then save a checkpoint with `recipe.save(model, directory)`."
-        )
+    def export(self, model, path, **options):
+        """Writes a SavedModel with raw-text signatures (the tokenizer inside the graph) to `path`.
+
+        See `zoo.export.export_recipe` for the signatures and options (e.g. `top_k`, `metrics`).
+        """
+        from zoo.export import export_recipe
+
+        return export_recipe(self, model, path, **options)
 
 
 def tokenizer_cache_key(source):

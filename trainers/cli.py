@@ -1,4 +1,4 @@
-"""The `zoo` command line: list, train, evaluate."""
+"""The `zoo` command line: list, train, evaluate, export, predict, fill-mask, generate, serve."""
 
 import argparse
 import dataclasses
@@ -142,6 +142,42 @@ def _cmd_evaluate(args):
     return 0
 
 
+def _cmd_export(args):
+    from trainers.export_commands import export_run
+
+    export_run(args.run_dir, out=args.out, top_k=args.top_k)
+    return 0
+
+
+def _cmd_predict(args):
+    from trainers.export_commands import predict
+
+    predict(args.export_dir, args.texts)
+    return 0
+
+
+def _cmd_fill_mask(args):
+    from trainers.export_commands import fill_mask
+
+    fill_mask(args.export_dir, args.texts)
+    return 0
+
+
+def _cmd_generate(args):
+    from trainers.export_commands import generate
+
+    generate(args.export_dir, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+             top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    return 0
+
+
+def _cmd_serve(args):
+    from trainers.export_commands import serve
+
+    serve(args.export_root, host=args.host, port=args.port)
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 
@@ -184,6 +220,38 @@ def build_parser():
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"], help="default: test")
     evaluate.add_argument("--steps", type=int, default=0, help="evaluate only this many batches (0: all)")
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    export = commands.add_parser("export", help="export a run as a SavedModel with raw-text signatures")
+    export.add_argument("run_dir", help="a run directory, checkpoint directory or .keras file")
+    export.add_argument("--out", help="export directory (default: saved_models/<run name>/<next version>)")
+    export.add_argument("--top-k", type=int, help="bert-mlm: candidates per [MASK] (default 5)")
+    export.set_defaults(handler=_cmd_export)
+
+    predict = commands.add_parser("predict", help="classify texts with an exported classifier (SavedModel)")
+    predict.add_argument("export_dir", help="an export (version directory, or model directory: newest version)")
+    predict.add_argument("texts", nargs="+", metavar="TEXT")
+    predict.set_defaults(handler=_cmd_predict)
+
+    fill = commands.add_parser("fill-mask", help="fill [MASK] tokens with an exported bert-mlm (SavedModel)")
+    fill.add_argument("export_dir")
+    fill.add_argument("texts", nargs="+", metavar="TEXT")
+    fill.set_defaults(handler=_cmd_fill_mask)
+
+    generate = commands.add_parser("generate", help="continue a prompt with an exported gpt-clm (SavedModel)")
+    generate.add_argument("export_dir")
+    generate.add_argument("prompt")
+    generate.add_argument("--max-new-tokens", type=int, help="default: the export's")
+    generate.add_argument("--temperature", type=float, help="0 for greedy (the default)")
+    generate.add_argument("--top-k", type=int, help="sample among the k most likely tokens (0: all)")
+    generate.add_argument("--top-p", type=float, help="nucleus sampling mass (1: all)")
+    generate.add_argument("--seed", type=int, help="sampling seed")
+    generate.set_defaults(handler=_cmd_generate)
+
+    serve = commands.add_parser("serve", help="serve exports over TensorFlow Serving's REST API")
+    serve.add_argument("export_root", nargs="?", default="saved_models", help="default: saved_models")
+    serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback)")
+    serve.add_argument("--port", type=int, default=8501, help="default: 8501")
+    serve.set_defaults(handler=_cmd_serve)
     return parser
 
 

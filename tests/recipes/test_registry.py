@@ -56,9 +56,3 @@ def test_warmup_then_decay_schedule():
     np.testing.assert_allclose(values, [0.0, 0.5, 1.0, 0.5, 0.0, 0.0], atol=1e-6)
     cosine = WarmupDecay(1.0, warmup_steps=0, total_steps=100, decay="cosine", final_fraction=0.1)
     np.testing.assert_allclose(float(cosine(50)), 0.1 + 0.9 * 0.5, atol=1e-6)
-
-
-def test_export_before_the_export_issue_is_a_clear_error():
-    recipe = recipes.get("gpt-clm", vocabulary_size=64, sequence_length=16)
-    with pytest.raises(NotImplementedError, match="export"):
-        recipe.export(None, "somewhere")

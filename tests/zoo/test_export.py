@@ -1,0 +1,424 @@
+"""SavedModel export: raw-text signatures equal the Keras models, load without Keras, write atomically.
+
+One tokenizer and one tiny model per recipe (random weights: equality needs no training) are
+exported once per session into a shared EXPORT_ROOT (`shared_exports()`, also used by
+test_serving.py). Every signature is called in ONE fresh Python process that cannot import
+Keras, keras-hub or the project (tests/zoo/load_export_script.py).
+"""
+
+import atexit
+import functools
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import recipes
+import zoo
+from trainers import export_commands
+from zoo import export
+from zoo.data import pipelines
+from zoo.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, train_tokenizer
+
+SHAPE = dict(vocabulary_size=200, num_layers=1, hidden_dim=32, num_heads=2, intermediate_dim=64, sequence_length=32, dropout=0.0)
+LABELS = ["animal", "tool", "plant"]
+NEW_TOKENS = 8
+TOP_K = 4
+SCRIPT = os.path.join(os.path.dirname(__file__), "load_export_script.py")
+
+LONG = " ".join(["the quick brown fox jumps over the lazy dog"] * 300)  # ~2,700 tokens, far past 32
+AWKWARD = ["", "the cat sat on the mat", "naïve café — 😀🚀 日本語 ÜNÏCÖDÉ", LONG, "   \t\n  "]
+AWKWARD_MASKED = [
+    "", "[MASK]", "the [MASK] sat on the [MASK]", "x[MASK][MASK]y", "naïve [MASK] 😀 日本語", "[MASK] " + LONG,
+    LONG + " [MASK]",  # the mask is cut off with the end of the text: no prediction for it
+]
+PROMPTS = ["def ", "the cat", "", "naïve café 😀", LONG]
+
+
+def corpus():
+    rng = random.Random(0)
+    animals = ["cat", "dog", "horse", "sheep", "goat", "lion", "tiger", "bear", "wolf", "fox"]
+    tools = ["hammer", "saw", "drill", "wrench", "chisel", "pliers", "file", "plane", "vise", "mat"]
+    verbs = ["sat on", "jumps over", "looks at", "runs to", "sleeps near"]
+    lines = [f"the {rng.choice(animals)} {rng.choice(verbs)} the {rng.choice(animals + tools)}" for _ in range(300)]
+    lines += ["def read_config(path):\n    return open(path).read()", "import os\nimport sys"] * 20
+    return lines
+
+
+def batch_of(size):
+    words = corpus()
+    return [f"{words[i % len(words)]} number {i}" for i in range(size)]
+
+
+@functools.lru_cache(maxsize=None)
+def shared_exports():
+    """(EXPORT_ROOT, {recipe name: (recipe, model, export dir)}): each recipe exported once as version 1."""
+    root = tempfile.mkdtemp(prefix="zoo-exports-")
+    atexit.register(shutil.rmtree, root, True)
+    # The classifier lowercases (its recipe's default): its export also needs tensorflow_text's
+    # normalisation ops.
+    tokenizers = {lowercase: train_tokenizer(corpus(), SHAPE["vocabulary_size"], lowercase=lowercase) for lowercase in (False, True)}
+    exports = {}
+    for name in ("classifier", "bert-mlm", "gpt-clm"):
+        extra = {"num_classes": len(LABELS)} if name == "classifier" else {}
+        recipe = recipes.get(name, **SHAPE, **extra)
+        recipe.tokenizer = tokenizers[recipe.config.lowercase]
+        if name == "classifier":
+            recipe.label_names = list(LABELS)
+        model = recipe.build_model()
+        path = export.export_recipe(recipe, model, os.path.join(root, name, "1"), top_k=TOP_K, metrics={"accuracy": np.float32(0.25)})
+        exports[name] = (recipe, model, path)
+    return root, exports
+
+
+@pytest.fixture(scope="module")
+def exports():
+    return shared_exports()[1]
+
+
+# -- in-process Keras references ----------------------------------------------------------------
+
+
+def classifier_reference(recipe, model, texts):
+    dataset = pipelines.classification_dataset(
+        texts, [0] * len(texts), recipe.tokenizer, SHAPE["sequence_length"], 64, shuffle=False
+    ).map(lambda x, y: x)
+    logits = model.predict(dataset, verbose=0)
+    return {"logits": logits, "label_id": logits.argmax(-1), "label": [LABELS[i] for i in logits.argmax(-1)]}
+
+
+def masked_token_ids(tokenizer, text):
+    ids = []
+    for index, piece in enumerate(text.split("[MASK]")):
+        if index:
+            ids.append(MASK_ID)
+        ids += [int(i) for i in keras.ops.convert_to_numpy(tokenizer(piece))]
+    return [CLS_ID] + ids[: SHAPE["sequence_length"] - 2] + [SEP_ID]
+
+
+def pad(rows, value=PAD_ID):
+    width = max(1, max(len(row) for row in rows))
+    return np.array([row + [value] * (width - len(row)) for row in rows], "int32")
+
+
+def mlm_reference(recipe, model, texts):
+    rows = [masked_token_ids(recipe.tokenizer, text) for text in texts]
+    token_ids = pad(rows)
+    padding_mask = pad([[1] * len(row) for row in rows], 0)
+    positions = [[i for i, t in enumerate(row) if t == MASK_ID] for row in rows]
+    mask_positions = pad(positions, 0) if any(positions) else np.zeros((len(rows), 0), "int32")
+    logits = keras.ops.convert_to_numpy(
+        model({"token_ids": token_ids, "padding_mask": padding_mask.astype(bool), "mask_positions": mask_positions})
+    ).astype("float64")
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    best = np.argsort(-probabilities, axis=-1, kind="stable")[..., :TOP_K]
+    return {
+        "token_ids": token_ids, "padding_mask": padding_mask, "num_masks": [len(p) for p in positions],
+        "mask_positions": mask_positions, "best_ids": best, "best_scores": np.take_along_axis(probabilities, best, -1),
+    }
+
+
+def assert_fill_mask_equal(outputs, reference, vocabulary):
+    num_masks = np.array(reference["num_masks"])
+    np.testing.assert_array_equal(outputs["num_masks"], num_masks)
+    ids, scores, tokens = np.array(outputs["token_ids"]), np.array(outputs["scores"]), np.array(outputs["tokens"], object)
+    assert ids.shape == (len(num_masks), num_masks.max(initial=0), TOP_K)
+    for row, count in enumerate(num_masks):
+        np.testing.assert_allclose(scores[row, :count], reference["best_scores"][row, :count], atol=1e-5)
+        # Candidates whose scores differ by less than float32 noise may come in either order.
+        gaps = np.diff(reference["best_scores"][row, :count], axis=-1)
+        distinct = np.ones_like(reference["best_ids"][row, :count], bool)
+        distinct[..., 1:] &= np.abs(gaps) > 1e-6
+        distinct[..., :-1] &= np.abs(gaps) > 1e-6
+        np.testing.assert_array_equal(np.where(distinct, ids[row, :count], -2), np.where(distinct, reference["best_ids"][row, :count], -2))
+        assert [[vocabulary[i] for i in slot] for slot in ids[row, :count]] == tokens[row, :count].tolist()
+        # Padded slots: no token, id -1, score 0.
+        assert (ids[row, count:] == -1).all() and (scores[row, count:] == 0).all() and (tokens[row, count:] == "").all()
+
+
+# -- one fresh process for every signature ------------------------------------------------------
+
+
+def _strings(values):
+    return {"dtype": "string", "value": list(values)}
+
+
+def _ints(values):
+    return {"dtype": "int32", "value": np.asarray(values).tolist()}
+
+
+def _generate_inputs(max_new_tokens=NEW_TOKENS):
+    return {
+        "max_new_tokens": _ints(max_new_tokens), "temperature": {"dtype": "float32", "value": 0.0},
+        "top_k": _ints(0), "top_p": {"dtype": "float32", "value": 1.0}, "seed": _ints(0),
+    }
+
+
+@pytest.fixture(scope="module")
+def fresh_process(exports, tmp_path_factory):
+    """{case: outputs} of every signature called in one child process, and its loaded modules."""
+    classifier, mlm, gpt = (exports[name][2] for name in ("classifier", "bert-mlm", "gpt-clm"))
+    mlm_reference_awkward = mlm_reference(*exports["bert-mlm"][:2], AWKWARD_MASKED)
+    gpt_tokenizer = exports["gpt-clm"][0].tokenizer
+    prompt_ids = [[SEP_ID] + [int(i) for i in keras.ops.convert_to_numpy(gpt_tokenizer(p))][-20:] for p in PROMPTS]
+    cases = {
+        "classify": (classifier, "classify", {"text": _strings(AWKWARD)}),
+        "classify_default": (classifier, "serving_default", {"text": _strings(AWKWARD)}),
+        "classify_256": (classifier, "classify", {"text": _strings(batch_of(256))}),
+        "classify_ids": (classifier, "classify_ids", {
+            "token_ids": _ints(pad([[CLS_ID, 10, 11, 12, SEP_ID], [CLS_ID, SEP_ID]])),
+            "padding_mask": _ints(pad([[1] * 5, [1] * 2], 0)),
+        }),
+        "fill_mask": (mlm, "fill_mask", {"text": _strings(AWKWARD_MASKED)}),
+        "fill_mask_default": (mlm, "serving_default", {"text": _strings(AWKWARD_MASKED)}),
+        "fill_mask_256": (mlm, "fill_mask", {"text": _strings(f"{t} [MASK]" for t in batch_of(256))}),
+        "fill_mask_ids": (mlm, "fill_mask_ids", {
+            "token_ids": _ints(mlm_reference_awkward["token_ids"]), "padding_mask": _ints(mlm_reference_awkward["padding_mask"]),
+        }),
+        "generate": (gpt, "generate", {"prompt": _strings(PROMPTS), **_generate_inputs()}),
+        "generate_default": (gpt, "serving_default", {"prompt": _strings(PROMPTS), **_generate_inputs()}),
+        "generate_256": (gpt, "generate", {"prompt": _strings(batch_of(256)), **_generate_inputs(4)}),
+        "generate_ids": (gpt, "generate_ids", {
+            "token_ids": _ints(pad(prompt_ids)), "lengths": _ints([len(p) for p in prompt_ids]), **_generate_inputs(),
+        }),
+    }
+    directory = tmp_path_factory.mktemp("fresh_process")
+    requests = [{"export_dir": path, "signature": signature, "inputs": inputs} for path, signature, inputs in cases.values()]
+    (directory / "requests.json").write_text(json.dumps(requests), encoding="utf-8")
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KERAS_BACKEND")}
+    completed = subprocess.run(
+        [sys.executable, SCRIPT, str(directory / "requests.json"), str(directory / "results.json")],
+        cwd=str(directory), env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results = json.loads((directory / "results.json").read_text(encoding="utf-8"))
+    outputs = {
+        case: {name: np.array(value["value"], dtype=object if value["dtype"] == "string" else value["dtype"]) for name, value in result.items()}
+        for case, result in zip(cases, results["results"])
+    }
+    return outputs, results["modules"], {"mlm_awkward": mlm_reference_awkward, "prompt_ids": prompt_ids}
+
+
+def test_fresh_process_needs_no_keras_and_no_project_code(fresh_process):
+    _, modules, _ = fresh_process
+    top_level = {name.split(".")[0] for name in modules}
+    assert "keras" not in modules
+    assert not top_level & {"keras", "keras_hub", "keras_nlp", "tf_keras", "zoo", "recipes", "trainers"}
+    assert "tensorflow" in top_level
+
+
+def test_classifier_signatures_equal_keras(exports, fresh_process):
+    outputs, _, _ = fresh_process
+    recipe, model, _ = exports["classifier"]
+    for case, texts in [("classify", AWKWARD), ("classify_default", AWKWARD), ("classify_256", batch_of(256))]:
+        reference = classifier_reference(recipe, model, texts)
+        result = outputs[case]
+        np.testing.assert_allclose(result["logits"], reference["logits"], atol=1e-5)
+        np.testing.assert_allclose(result["probabilities"], tf.nn.softmax(reference["logits"]).numpy(), atol=1e-5)
+        np.testing.assert_array_equal(result["label_id"], reference["label_id"])
+        assert result["label"].tolist() == reference["label"]
+        assert result["logits"].shape == (len(texts), len(LABELS))
+    # The ids signature is the model on the client's own token ids.
+    token_ids = pad([[CLS_ID, 10, 11, 12, SEP_ID], [CLS_ID, SEP_ID]])
+    logits = model.predict({"token_ids": token_ids, "padding_mask": pad([[1] * 5, [1] * 2], 0).astype(bool)}, verbose=0)
+    np.testing.assert_allclose(outputs["classify_ids"]["logits"], logits, atol=1e-5)
+
+
+def test_fill_mask_signatures_equal_keras(exports, fresh_process):
+    outputs, _, references = fresh_process
+    recipe, model, _ = exports["bert-mlm"]
+    vocabulary = recipe.tokenizer.get_vocabulary()
+    assert references["mlm_awkward"]["num_masks"] == [0, 1, 2, 2, 1, 1, 0]
+    for case in ("fill_mask", "fill_mask_default", "fill_mask_ids"):
+        assert_fill_mask_equal(outputs[case], references["mlm_awkward"], vocabulary)
+    np.testing.assert_array_equal(outputs["fill_mask_ids"]["mask_positions"], references["mlm_awkward"]["mask_positions"])
+    assert_fill_mask_equal(outputs["fill_mask_256"], mlm_reference(recipe, model, [f"{t} [MASK]" for t in batch_of(256)]), vocabulary)
+    assert "mask_positions" not in outputs["fill_mask"]
+
+
+def test_generate_signatures_equal_greedy_keras_generation(exports, fresh_process):
+    outputs, _, references = fresh_process
+    recipe, model, _ = exports["gpt-clm"]
+    expected = recipe.generate_text(model, PROMPTS, temperature=0.0, max_new_tokens=NEW_TOKENS)
+    assert outputs["generate"]["text"].tolist() == expected
+    assert outputs["generate_default"]["text"].tolist() == expected
+    assert any(expected), "a random model should say something"
+    prompts = batch_of(256)
+    assert outputs["generate_256"]["text"].tolist() == recipe.generate_text(model, prompts, temperature=0.0, max_new_tokens=4)
+    # generate_ids: the new ids (end token included) of CausalLM.generate, padded with 0.
+    new_ids = model.generate(references["prompt_ids"], max_new_tokens=NEW_TOKENS, end_token_id=SEP_ID)
+    np.testing.assert_array_equal(outputs["generate_ids"]["lengths"], [len(ids) for ids in new_ids])
+    np.testing.assert_array_equal(outputs["generate_ids"]["token_ids"], pad([ids + [0] * (NEW_TOKENS - len(ids)) for ids in new_ids]))
+
+
+# -- the export directory ------------------------------------------------------------------------
+
+
+def test_export_layout_and_metadata(exports):
+    for name, (recipe, _, path) in exports.items():
+        assert os.path.isfile(os.path.join(path, "saved_model.pb")) and os.path.isdir(os.path.join(path, "variables"))
+        with open(os.path.join(path, "assets", "vocab.txt"), encoding="utf-8") as f:
+            assert f.read().split("\n")[:-1] == list(recipe.tokenizer.get_vocabulary())
+        metadata = export.read_metadata(path)
+        assert metadata["recipe"] == name
+        assert metadata["config"] == json.loads(json.dumps(recipe.config_dict()))
+        assert metadata["metrics"] == {"accuracy": 0.25}
+        assert metadata["label_names"] == (LABELS if name == "classifier" else None)
+        assert metadata["versions"]["zoo"] == zoo.__version__
+        assert metadata["versions"]["tensorflow"] == tf.__version__
+        assert {"keras", "keras_hub", "tensorflow_text"} <= set(metadata["versions"])
+        assert "serving_default" in metadata["signatures"]
+    signatures = export.read_metadata(exports["gpt-clm"][2])["signature_defaults"]["generate"]
+    assert signatures == {"max_new_tokens": 31, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+    # Leftover temporary directories would show up as hidden siblings.
+    assert sorted(os.listdir(os.path.dirname(exports["classifier"][2]))) == ["1"]
+
+
+def test_export_refuses_to_overwrite(exports, tmp_path):
+    recipe, model, _ = exports["classifier"]
+    target = tmp_path / "model" / "1"
+    target.mkdir(parents=True)
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="already exists"):
+        export.export_recipe(recipe, model, str(target))
+    assert os.listdir(target) == ["keep.txt"]
+    assert sorted(os.listdir(target.parent)) == ["1"]
+
+
+def test_export_after_in_process_generation(exports, tmp_path):
+    # Training shows sampled text (CausalLM.generate), then exports from the same process: the
+    # compiled generate functions the model keeps must not get in the SavedModel's way.
+    recipe, model, _ = exports["gpt-clm"]
+    model.generate([[SEP_ID, 10]], max_new_tokens=2)
+    assert model._generate_functions
+    path = export.export_recipe(recipe, model, str(tmp_path / "gpt" / "1"))
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def test_export_errors_name_the_problem(exports, tmp_path):
+    recipe, model, _ = exports["classifier"]
+    clone = recipe.with_overrides()
+    clone.tokenizer = None
+    with pytest.raises(ValueError, match="tokenizer is not set"):
+        export.export_recipe(clone, model, str(tmp_path / "a"))
+    clone = recipe.with_overrides()
+    clone.name = "seq2seq"
+    with pytest.raises(ValueError, match="exportable recipes: bert-mlm, classifier, gpt-clm"):
+        export.export_recipe(clone, model, str(tmp_path / "b"))
+    assert os.listdir(tmp_path) == []
+
+
+def _half_written_save(original):
+    def save(obj, export_dir, *args, **kwargs):
+        original(obj, export_dir, *args, **kwargs)
+        raise KeyboardInterrupt  # the user pressed Ctrl-C just after the graph was written
+
+    return save
+
+
+def _failing_save_tokenizer(tokenizer, directory):
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "vocab.txt"), "w") as f:
+        f.write("[PAD]\n")
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("failure", ["saved_model.save", "save_tokenizer"])
+def test_interrupted_export_leaves_nothing_behind(exports, tmp_path, monkeypatch, failure):
+    recipe, model, _ = exports["gpt-clm"]
+    if failure == "saved_model.save":
+        monkeypatch.setattr(tf.saved_model, "save", _half_written_save(tf.saved_model.save))
+        expected = KeyboardInterrupt
+    else:
+        import zoo.data.tokenizer
+
+        monkeypatch.setattr(zoo.data.tokenizer, "save_tokenizer", _failing_save_tokenizer)
+        expected = OSError
+    target = tmp_path / "gpt" / "1"
+    with pytest.raises(expected):
+        export.export_recipe(recipe, model, str(target))
+    assert not target.exists()
+    assert os.listdir(tmp_path / "gpt") == []  # no temporary sibling left
+
+
+def test_generation_settings_are_checked_in_the_graph(exports):
+    loaded = tf.saved_model.load(exports["gpt-clm"][2])
+    generate = loaded.signatures["generate"]
+    settings = dict(temperature=tf.constant(0.0), top_k=tf.constant(0), top_p=tf.constant(1.0), seed=tf.constant(0))
+    for bad in (0, SHAPE["sequence_length"]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="max_new_tokens must be"):
+            generate(prompt=tf.constant(["def "]), max_new_tokens=tf.constant(bad), **settings)
+    # The longest allowed continuation fits beside a prompt cut to one token.
+    text = generate(prompt=tf.constant([LONG]), max_new_tokens=tf.constant(SHAPE["sequence_length"] - 1), **settings)["text"]
+    assert text.shape == (1,)
+    # Sampling is reproducible for a seed and varies with it.
+    sampled = dict(temperature=tf.constant(1.0), top_k=tf.constant(0), top_p=tf.constant(1.0))
+    prompts = tf.constant(["the cat"] * 12)
+    first = generate(prompt=prompts, max_new_tokens=tf.constant(6), seed=tf.constant(1), **sampled)["text"].numpy()
+    again = generate(prompt=prompts, max_new_tokens=tf.constant(6), seed=tf.constant(1), **sampled)["text"].numpy()
+    other = generate(prompt=prompts, max_new_tokens=tf.constant(6), seed=tf.constant(2), **sampled)["text"].numpy()
+    assert first.tolist() == again.tolist() and first.tolist() != other.tolist()
+    assert first[0] != first[1] and first[0] != first[8], "rows of a batch, in one sub-batch or not, draw their own noise"
+
+
+# -- trainers/export_commands ---------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")  # an untrained model's optimizer
+def test_export_run_writes_the_next_version(exports, tmp_path, capsys):
+    recipe, model, shared_path = exports["classifier"]
+    run_dir = tmp_path / "runs" / "classifier-tiny"
+    checkpoint = run_dir / "checkpoints" / "best"
+    recipe.save(model, str(checkpoint))
+    (checkpoint / "metrics.json").write_text(json.dumps({"val_loss": 1.5, "val_accuracy": 0.5}))
+    root = tmp_path / "saved_models"
+    first = export_commands.export_run(str(run_dir), export_root=str(root))
+    assert first == str(root / "classifier-tiny" / "1")
+    assert capsys.readouterr().out.strip() == first
+    second = export_commands.export_run(str(checkpoint), export_root=str(root))
+    assert second == str(root / "classifier-tiny" / "2")
+    chosen = export_commands.export_run(str(run_dir), out=str(tmp_path / "elsewhere" / "7"))
+    assert chosen == str(tmp_path / "elsewhere" / "7")
+    with pytest.raises(FileExistsError):
+        export_commands.export_run(str(run_dir), out=chosen)
+    metadata = export.read_metadata(second)
+    assert metadata["label_names"] == LABELS
+    assert metadata["metrics"] == {"val_loss": 1.5, "val_accuracy": 0.5}
+    assert metadata["config"] == json.loads(json.dumps(recipe.config_dict()))
+    capsys.readouterr()
+    # The checkpoint's export classifies exactly as the original export, given the model directory.
+    results = export_commands.predict(str(root / "classifier-tiny"), AWKWARD)
+    expected = tf.saved_model.load(shared_path).signatures["classify"](text=tf.constant(AWKWARD))
+    assert [r["label"] for r in results] == [b.decode() for b in expected["label"].numpy()]
+    np.testing.assert_allclose([list(r["probabilities"].values()) for r in results], expected["probabilities"], atol=1e-5)
+    assert list(results[0]["probabilities"]) == LABELS
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == results
+
+
+def test_fill_mask_and_generate_commands(exports, capsys):
+    mlm_path, gpt_path = exports["bert-mlm"][2], exports["gpt-clm"][2]
+    results = export_commands.fill_mask(mlm_path, ["the [MASK] sat on the [MASK]", "no mask"])
+    assert [len(r["masks"]) for r in results] == [2, 0]
+    assert all(len(candidates) == TOP_K for candidates in results[0]["masks"])
+    scores = [c["score"] for c in results[0]["masks"][0]]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == results
+
+    recipe, model, _ = exports["gpt-clm"]
+    continuation = export_commands.generate(gpt_path, "def ", max_new_tokens=6, temperature=0.0, top_k=0, top_p=1.0, seed=0)
+    assert continuation == recipe.generate_text(model, ["def "], temperature=0.0, max_new_tokens=6)[0]
+    assert capsys.readouterr().out == "def " + continuation + "\n"
+    # Unset settings come from the export's defaults (greedy, up to sequence_length - 1 tokens here).
+    assert export_commands.generate(gpt_path, ["def "]) == recipe.generate_text(model, ["def "], temperature=0.0, max_new_tokens=31)
+    with pytest.raises(ValueError, match="not a zoo gpt-clm export"):
+        export_commands.generate(mlm_path, "def ")

@@ -1,0 +1,229 @@
+"""The export and inference commands of the `zoo` CLI, as functions.
+
+`export_run` turns a run's checkpoint into a SavedModel (it needs Keras and the recipe).
+`predict`, `fill_mask` and `generate` load only the SavedModel (`tf.saved_model.load` with
+tensorflow_text's ops), exactly as a serving process would, print their results and return
+them. `serve` runs the TF-Serving-compatible HTTP server of `zoo.serving`.
+
+An export directory may be given as a version directory (`saved_models/gpt-clm-tiny/3`) or as
+a model directory holding integer versions (`saved_models/gpt-clm-tiny`: the highest is used).
+"""
+
+import dataclasses
+import json
+import os
+
+DEFAULT_EXPORT_ROOT = "saved_models"
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def export_run(run_dir, out=None, top_k=None, metrics=None, export_root=DEFAULT_EXPORT_ROOT, **options):
+    """Exports a run's best (else last) checkpoint as a SavedModel; prints and returns its path.
+
+    Args:
+        run_dir: a run directory, a checkpoint directory (holding model.keras) or a .keras file.
+        out: the export directory to create; by default `<export_root>/<run name>/<next version>`
+            (TF Serving's layout: versions are integers, the first is 1).
+        top_k: bert-mlm: candidates per mask (default `zoo.export.DEFAULT_TOP_K`).
+        metrics: recorded in the export's metadata; by default the checkpoint's metrics.json.
+        options: passed to `zoo.export.export_recipe` (e.g. top_k).
+    """
+    import recipes
+    from recipes.base import load_checkpoint
+    from zoo.export import DEFAULT_TOP_K, export_recipe
+
+    checkpoint_dir = _checkpoint_directory(run_dir)
+    model, tokenizer, config = load_checkpoint(checkpoint_dir)
+    if not config:
+        raise FileNotFoundError(
+            f"No config.json beside the model in {checkpoint_dir!r}: the recipe that built it is unknown."
+        )
+    config = dict(config)
+    name, preset = config.pop("recipe"), config.pop("preset")
+    # A classifier's init_from would load the pretrained checkpoint again (its weights are in
+    # this model already): build the recipe without it, then put it back for the metadata.
+    init_from = config.pop("init_from", None)
+    recipe = recipes.get(name, preset=preset, **config)
+    if init_from is not None:
+        recipe.config = dataclasses.replace(recipe.config, init_from=init_from)
+    recipe.tokenizer = tokenizer
+    labels_path = os.path.join(checkpoint_dir, "labels.json")
+    if os.path.exists(labels_path):
+        with open(labels_path, encoding="utf-8") as f:
+            recipe.label_names = json.load(f)
+    if metrics is None:
+        metrics_path = os.path.join(checkpoint_dir, "metrics.json")
+        if os.path.exists(metrics_path):
+            with open(metrics_path, encoding="utf-8") as f:
+                metrics = json.load(f)
+    if out is None:
+        out = next_version_directory(os.path.join(export_root, _run_name(run_dir)))
+    path = export_recipe(recipe, model, out, top_k=top_k or DEFAULT_TOP_K, metrics=metrics, **options)
+    print(path)
+    return path
+
+
+def next_version_directory(model_dir):
+    """`<model_dir>/<1 + the highest integer version there>` (`<model_dir>/1` for a new model)."""
+    versions = [int(entry) for entry in os.listdir(model_dir) if entry.isdigit()] if os.path.isdir(model_dir) else []
+    return os.path.join(model_dir, str(max(versions, default=0) + 1))
+
+
+def _checkpoint_directory(path):
+    if os.path.isfile(path):
+        return os.path.dirname(os.path.abspath(path))
+    for candidate in (path, os.path.join(path, "checkpoints", "best"), os.path.join(path, "checkpoints", "last")):
+        if os.path.exists(os.path.join(candidate, "model.keras")):
+            return candidate
+    raise FileNotFoundError(f"No model.keras in {path!r} (nor in its checkpoints/best or checkpoints/last).")
+
+
+def _run_name(run_dir):
+    """`runs/gpt-clm-tiny`, `runs/gpt-clm-tiny/checkpoints/best` and its model.keras all name `gpt-clm-tiny`."""
+    path = os.path.abspath(run_dir)
+    if os.path.isfile(path):
+        path = os.path.dirname(path)
+    if os.path.basename(os.path.dirname(path)) == "checkpoints":
+        path = os.path.dirname(os.path.dirname(path))
+    return os.path.basename(path)
+
+
+# -- inference from a SavedModel ---------------------------------------------------------------
+
+
+def load_export(export_dir):
+    """(the loaded SavedModel, its zoo metadata) from a version or model directory."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401 - registers the tokenizer's ops
+
+    directory = resolve_export(export_dir)
+    metadata_path = os.path.join(directory, "assets", "zoo_metadata.json")
+    metadata = {}
+    if os.path.exists(metadata_path):
+        with open(metadata_path, encoding="utf-8") as f:
+            metadata = json.load(f)
+    return tf.saved_model.load(directory), metadata
+
+
+def resolve_export(export_dir):
+    """The version directory: `export_dir` itself if it holds a SavedModel, else its highest integer version."""
+    if os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
+        return export_dir
+    versions = sorted(
+        int(entry) for entry in (os.listdir(export_dir) if os.path.isdir(export_dir) else [])
+        if entry.isdigit() and os.path.isfile(os.path.join(export_dir, entry, "saved_model.pb"))
+    )
+    if not versions:
+        raise FileNotFoundError(
+            f"No SavedModel in {export_dir!r} (neither saved_model.pb nor integer version directories)."
+        )
+    return os.path.join(export_dir, str(versions[-1]))
+
+
+def predict(export_dir, texts):
+    """Runs an export on texts: classifier labels, bert-mlm fills or gpt-clm continuations.
+
+    For a classifier prints one JSON object per text ({"text", "label", "label_id",
+    "probabilities": {label: p}}) and returns the list of them; other recipes go to
+    `fill_mask` / `generate` with the export's default settings.
+    """
+    loaded, metadata = load_export(export_dir)
+    recipe = metadata.get("recipe")
+    if recipe == "bert-mlm":
+        return fill_mask(export_dir, texts)
+    if recipe == "gpt-clm":
+        return generate(export_dir, _as_list(texts))
+    if "classify" not in loaded.signatures:
+        raise _not_an_export(export_dir, "classifier", loaded)
+    import tensorflow as tf
+
+    texts = _as_list(texts)
+    outputs = loaded.signatures["classify"](text=tf.constant(texts, tf.string))
+    labels = metadata.get("label_names") or [str(i) for i in range(outputs["probabilities"].shape[-1])]
+    results = []
+    for index, text in enumerate(texts):
+        result = {
+            "text": text,
+            "label": outputs["label"][index].numpy().decode("utf-8"),
+            "label_id": int(outputs["label_id"][index]),
+            "probabilities": {
+                label: round(float(p), 6) for label, p in zip(labels, outputs["probabilities"][index].numpy())
+            },
+        }
+        print(json.dumps(result, ensure_ascii=False))
+        results.append(result)
+    return results
+
+
+def fill_mask(export_dir, texts):
+    """The best candidates for each "[MASK]" of each text, from a bert-mlm export.
+
+    Prints one JSON object per text ({"text", "masks": [[{"token", "score"}, ...] per mask]})
+    and returns the list of them.
+    """
+    import tensorflow as tf
+
+    loaded, _ = load_export(export_dir)
+    if "fill_mask" not in loaded.signatures:
+        raise _not_an_export(export_dir, "bert-mlm", loaded)
+    texts = _as_list(texts)
+    outputs = loaded.signatures["fill_mask"](text=tf.constant(texts, tf.string))
+    results = []
+    for index, text in enumerate(texts):
+        masks = []
+        for slot in range(int(outputs["num_masks"][index])):
+            tokens = outputs["tokens"][index, slot].numpy()
+            scores = outputs["scores"][index, slot].numpy()
+            masks.append([{"token": t.decode("utf-8"), "score": round(float(s), 6)} for t, s in zip(tokens, scores)])
+        result = {"text": text, "masks": masks}
+        print(json.dumps(result, ensure_ascii=False))
+        results.append(result)
+    return results
+
+
+def generate(export_dir, prompt, max_new_tokens=None, temperature=None, top_k=None, top_p=None, seed=None):
+    """Continues `prompt` (a string, or a list of them) with a gpt-clm export.
+
+    Settings left as None take the export's defaults (greedy, `sample_tokens` new tokens).
+    Prints each prompt followed by its continuation; returns the continuation (a list for a
+    list of prompts).
+    """
+    import tensorflow as tf
+
+    loaded, metadata = load_export(export_dir)
+    if "generate" not in loaded.signatures:
+        raise _not_an_export(export_dir, "gpt-clm", loaded)
+    defaults = {"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+    defaults.update((metadata.get("signature_defaults") or {}).get("generate") or {})
+    given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    settings = {name: defaults[name] if value is None else value for name, value in given.items()}
+    prompts = _as_list(prompt)
+    outputs = loaded.signatures["generate"](
+        prompt=tf.constant(prompts, tf.string),
+        max_new_tokens=tf.constant(int(settings["max_new_tokens"]), tf.int32),
+        temperature=tf.constant(float(settings["temperature"]), tf.float32),
+        top_k=tf.constant(int(settings["top_k"]), tf.int32),
+        top_p=tf.constant(float(settings["top_p"]), tf.float32),
+        seed=tf.constant(int(settings["seed"]), tf.int32),
+    )
+    continuations = [text.decode("utf-8", errors="replace") for text in outputs["text"].numpy()]
+    for text, continuation in zip(prompts, continuations):
+        print(text + continuation)
+    return continuations if isinstance(prompt, (list, tuple)) else continuations[0]
+
+
+def serve(export_root=DEFAULT_EXPORT_ROOT, host="127.0.0.1", port=8501, **options):
+    """Serves every model under `export_root` over TF Serving's REST API until interrupted."""
+    from zoo.serving import serve as serve_forever
+
+    serve_forever(export_root, host=host, port=port, **options)
+
+
+def _not_an_export(export_dir, recipe, loaded):
+    return ValueError(f"{export_dir!r} is not a zoo {recipe} export (signatures: {', '.join(sorted(loaded.signatures))}).")
+
+
+def _as_list(texts):
+    return [texts] if isinstance(texts, str) else list(texts)

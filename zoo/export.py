@@ -1,0 +1,440 @@
+"""SavedModel export with raw-string serving signatures, for every recipe.
+
+`export_recipe(recipe, model, path)` tracks the Keras model and its WordPiece tokenizer in a
+`keras.export.ExportArchive` and adds `tf.function` endpoints that take `tf.string` text, so
+tokenization, the model and all post-processing run inside one TensorFlow graph. Loading the
+export needs `import tensorflow` and `import tensorflow_text` (for the tokenizer's custom ops)
+and nothing else: no Keras, no zoo code.
+
+Signatures (every input is batched along its first axis unless it is a scalar):
+
+classifier
+    `classify` (also `serving_default`): text string [B] ->
+        label string [B], label_id int32 [B], probabilities float32 [B, C], logits float32 [B, C].
+    `classify_ids`: token_ids int32 [B, T], padding_mask int32 [B, T] (1 at real tokens) ->
+        the same outputs. T must not exceed `sequence_length`.
+bert-mlm
+    `fill_mask` (also `serving_default`): text string [B], each with zero or more "[MASK]" ->
+        tokens string [B, M, k], scores float32 [B, M, k] (softmax probabilities, best first),
+        token_ids int32 [B, M, k], num_masks int32 [B].
+    `fill_mask_ids`: token_ids int32 [B, T] (masks already [MASK]'s id), padding_mask int32
+        [B, T] -> tokens, scores, token_ids, num_masks as above, plus mask_positions int32 [B, M].
+    M is the largest number of masks in any text of the batch; a text with fewer masks has
+    its rows `num_masks..M-1` padded with token "", token id -1 and score 0. k is fixed at
+    export (`top_k`). Masks cut off by truncation are not predicted (they are not counted).
+gpt-clm
+    `generate` (also `serving_default`): prompt string [B], max_new_tokens int32 [],
+        temperature float32 [], top_k int32 [], top_p float32 [], seed int32 [] ->
+        text string [B], the continuation only (without the prompt), which stops before the
+        end-of-document token [SEP].
+    `generate_ids`: token_ids int32 [B, T] right-padded prompts (each must start as the
+        client wants it to; `generate` puts [SEP] first), lengths int32 [B] (each >= 1), and
+        the same five scalars -> token_ids int32 [B, max_new_tokens] (new tokens, the end
+        token included when produced, padded with 0), lengths int32 [B].
+
+Truncation: encoder texts become `[CLS] tokens [SEP]` and keep their first
+`sequence_length - 2` tokens. Generation runs in a buffer of the model's `sequence_length`
+tokens: a prompt (with its leading [SEP]) keeps its last `sequence_length - max_new_tokens`
+tokens; `max_new_tokens` must lie in [1, sequence_length - 1] (else InvalidArgument).
+Greedy decoding is `temperature <= 0`; `top_k <= 0` and `top_p >= 1` disable those filters.
+
+Generation uses `zoo.models.generation.generate_tokens` (a `tf.while_loop` with the KV cache)
+over the whole batch. Sampling noise depends on the seed, the step and the row's place in the
+batch: the same batch, settings and seed give the same text.
+
+Layout: a standard SavedModel (`saved_model.pb`, `variables/`) plus `assets/vocab.txt`,
+`assets/tokenizer.json` (the vocabulary and options, as `zoo.data.tokenizer.save_tokenizer`
+writes them) and `assets/zoo_metadata.json` (recipe, resolved config, label names, metrics,
+signature descriptions and defaults, library versions). The export is written to a hidden
+temporary sibling directory and renamed into place, so `path` either does not exist or holds
+a complete export; an existing `path` is never overwritten.
+"""
+
+import datetime
+import json
+import os
+import shutil
+import sys
+import uuid
+
+import keras
+import tensorflow as tf
+
+METADATA_FILE = "zoo_metadata.json"
+METADATA_FORMAT = "zoo.export/1"
+DEFAULT_TOP_K = 5
+
+
+def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None):
+    """Writes `model` (built by `recipe`) as a SavedModel with raw-text signatures; returns `path`.
+
+    Args:
+        recipe: the recipe that built the model; its `tokenizer` must be set (and for the
+            classifier its `label_names`, else labels are "0", "1", ...).
+        model: the trained Keras model.
+        path: the export directory to create, e.g. `saved_models/gpt-clm-tiny/1` (TF Serving
+            layout: `<model name>/<integer version>`). Must not exist.
+        top_k: bert-mlm: candidates returned per mask.
+        metrics: optional dict of evaluation metrics, recorded in `zoo_metadata.json`.
+    """
+    path = os.fspath(path)
+    builders = {"classifier": _classifier_endpoints, "bert-mlm": _fill_mask_endpoints, "gpt-clm": _generate_endpoints}
+    if recipe.name not in builders:
+        raise ValueError(
+            f"No SavedModel export for recipe {recipe.name!r}; exportable recipes: {', '.join(sorted(builders))}."
+        )
+    if recipe.tokenizer is None:
+        raise ValueError("recipe.tokenizer is not set: load it with the checkpoint (or call datasets()) before exporting.")
+    if os.path.lexists(path):
+        raise FileExistsError(
+            f"Export path {path!r} already exists; exports are never overwritten. Pick a new version directory."
+        )
+    if int(top_k) < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    options = {"top_k": int(top_k)}
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    # A hidden sibling (servers skip non-integer names), made with os.mkdir so that it gets the
+    # umask's permissions rather than mkdtemp's owner-only ones.
+    temporary = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.tmp-{uuid.uuid4().hex[:12]}")
+    os.mkdir(temporary)
+    try:
+        archive = keras.export.ExportArchive()
+        # gpt-clm endpoints use only the decoder; the CausalLM around it also holds its
+        # compiled generate functions (in a dict keyed by shape), which SavedModel cannot save.
+        archive.track(model.decoder if recipe.name == "gpt-clm" else model)
+        if not recipe.tokenizer.built:  # a stateless layer, never called in a Keras model: build() only marks it built
+            recipe.tokenizer.build(None)
+        archive.track(recipe.tokenizer)
+        signatures, defaults = builders[recipe.name](archive, recipe, model, options)
+        archive.write_out(temporary, verbose=False)
+        _write_assets(temporary, recipe, signatures, defaults, options, metrics)
+        if os.path.lexists(path):
+            raise FileExistsError(f"Export path {path!r} appeared while exporting; not overwriting it.")
+        os.rename(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return path
+
+
+def read_metadata(export_dir):
+    """The `zoo_metadata.json` of an export, as a dict (needs no TensorFlow)."""
+    with open(os.path.join(export_dir, "assets", METADATA_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+# -- text to token ids, in the graph -----------------------------------------------------------
+
+
+class _Preprocessor:
+    """Tokenization helpers over the recipe's tokenizer; every method traces TensorFlow ops."""
+
+    def __init__(self, tokenizer, sequence_length):
+        self.tokenizer = tokenizer
+        self.sequence_length = sequence_length
+        self.pad_id, self.cls_id, self.sep_id, self.mask_id = (
+            tokenizer.token_to_id(token) for token in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")
+        )
+
+    def tokenize(self, text):
+        """Ragged int32 `[B, (T)]` token ids of string `[B]` text."""
+        ids = self.tokenizer(text)
+        if not isinstance(ids, tf.RaggedTensor):  # a tokenizer with its own sequence_length pads
+            ids = tf.RaggedTensor.from_tensor(ids, padding=self.pad_id)
+        return tf.cast(ids, tf.int32)
+
+    def tokenize_with_masks(self, text):
+        """Like `tokenize`, with each literal "[MASK]" in the text becoming the [MASK] id.
+
+        The tokenizer itself never recognises special tokens in raw text, so the text is split
+        at "[MASK]", the pieces are tokenized, and the mask id is put back between them.
+        """
+        pieces = tf.strings.split(text, sep="[MASK]")  # [B, (P)], P >= 1
+        piece_ids = self.tokenize(pieces.flat_values)  # [N, (T)]
+        row = pieces.value_rowids()
+        index_in_row = tf.range(tf.shape(row, out_type=tf.int64)[0]) - tf.gather(pieces.row_starts(), row)
+        followed_by_mask = index_in_row < tf.gather(pieces.row_lengths() - 1, row)
+        masks = tf.RaggedTensor.from_row_lengths(
+            tf.fill([tf.reduce_sum(tf.cast(followed_by_mask, tf.int32))], tf.constant(self.mask_id, tf.int32)),
+            tf.cast(followed_by_mask, piece_ids.row_splits.dtype),
+        )
+        with_masks = tf.concat([piece_ids, masks], axis=1)
+        pieces_per_text = tf.cast(pieces.row_lengths(), with_masks.row_splits.dtype)
+        return tf.RaggedTensor.from_row_lengths(with_masks, pieces_per_text).merge_dims(1, 2)
+
+    def pack(self, ids):
+        """`[CLS] ids [SEP]`, cut to `sequence_length`, right-padded to the longest row: (token_ids, padding_mask)."""
+        ids = ids[:, : self.sequence_length - 2]
+        batch = ids.nrows()
+        cls = tf.fill(tf.stack([batch, 1]), tf.constant(self.cls_id, tf.int32))
+        sep = tf.fill(tf.stack([batch, 1]), tf.constant(self.sep_id, tf.int32))
+        packed = tf.concat([tf.RaggedTensor.from_tensor(cls), ids, tf.RaggedTensor.from_tensor(sep)], axis=1)
+        token_ids = packed.to_tensor(self.pad_id)
+        return token_ids, tf.sequence_mask(packed.row_lengths(), tf.shape(token_ids)[1])
+
+
+def _check_ids(token_ids, padding_mask, sequence_length):
+    with tf.control_dependencies([
+        tf.debugging.assert_less_equal(
+            tf.shape(token_ids)[1], sequence_length,
+            message=f"token_ids has more positions than the model's sequence_length ({sequence_length})",
+        ),
+        tf.debugging.assert_equal(
+            tf.shape(token_ids), tf.shape(padding_mask), message="token_ids and padding_mask differ in shape"
+        ),
+    ]):
+        return tf.identity(token_ids), tf.cast(padding_mask, tf.bool)
+
+
+def _string_spec(name):
+    return tf.TensorSpec([None], tf.string, name=name)
+
+
+def _ids_specs():
+    return [
+        tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+        tf.TensorSpec([None, None], tf.int32, name="padding_mask"),
+    ]
+
+
+def _describe(input_signature, outputs):
+    return {
+        "inputs": {spec.name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()} for spec in input_signature},
+        "outputs": outputs,
+    }
+
+
+# -- classifier --------------------------------------------------------------------------------
+
+
+def _classifier_endpoints(archive, recipe, model, options):
+    preprocessor = _Preprocessor(recipe.tokenizer, model.encoder.sequence_length)
+    label_names = list(recipe.label_names or [str(i) for i in range(model.num_classes)])
+    if len(label_names) != model.num_classes:
+        raise ValueError(f"{len(label_names)} label names for a model with {model.num_classes} classes: {label_names}.")
+    labels = tf.constant(label_names, tf.string)
+
+    def outputs(token_ids, padding_mask):
+        logits = tf.cast(model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False), tf.float32)
+        label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return {
+            "label": tf.gather(labels, label_id),
+            "label_id": label_id,
+            "probabilities": tf.nn.softmax(logits, axis=-1),
+            "logits": logits,
+        }
+
+    def classify(text):
+        return outputs(*preprocessor.pack(preprocessor.tokenize(text)))
+
+    def classify_ids(token_ids, padding_mask):
+        return outputs(*_check_ids(token_ids, padding_mask, preprocessor.sequence_length))
+
+    described = {
+        "label": "string [B]", "label_id": "int32 [B]", "probabilities": "float32 [B, C]", "logits": "float32 [B, C]",
+    }
+    text_signature = [_string_spec("text")]
+    archive.add_endpoint("classify", classify, text_signature)
+    archive.add_endpoint("classify_ids", classify_ids, _ids_specs())
+    signatures = {"classify": _describe(text_signature, described), "classify_ids": _describe(_ids_specs(), described)}
+    signatures["serving_default"] = signatures["classify"]
+    return signatures, {}
+
+
+# -- bert-mlm ----------------------------------------------------------------------------------
+
+
+def _fill_mask_endpoints(archive, recipe, model, options):
+    preprocessor = _Preprocessor(recipe.tokenizer, model.encoder.sequence_length)
+    vocabulary = tf.constant(list(recipe.tokenizer.get_vocabulary()), tf.string)
+    k = min(options["top_k"], len(recipe.tokenizer.get_vocabulary()))
+
+    def outputs(token_ids, padding_mask):
+        is_mask = tf.logical_and(tf.equal(token_ids, preprocessor.mask_id), padding_mask)
+        num_masks = tf.reduce_sum(tf.cast(is_mask, tf.int32), axis=1)
+        every_position = tf.broadcast_to(tf.range(tf.shape(token_ids)[1]), tf.shape(token_ids))
+        positions = tf.ragged.boolean_mask(every_position, is_mask)
+        mask_positions = positions.to_tensor(0)  # [B, M]; padded slots point at [CLS] and are blanked below
+        logits = model(
+            {"token_ids": token_ids, "padding_mask": padding_mask, "mask_positions": mask_positions}, training=False
+        )
+        scores, ids = tf.math.top_k(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1), k=k)
+        real = (tf.range(tf.shape(mask_positions)[1])[None, :] < num_masks[:, None])[:, :, None]
+        real = tf.broadcast_to(real, tf.shape(ids))
+        return {
+            "tokens": tf.where(real, tf.gather(vocabulary, ids), ""),
+            "scores": tf.where(real, scores, 0.0),
+            "token_ids": tf.where(real, ids, -1),
+            "num_masks": num_masks,
+            "mask_positions": mask_positions,
+        }
+
+    def fill_mask(text):
+        result = outputs(*preprocessor.pack(preprocessor.tokenize_with_masks(text)))
+        del result["mask_positions"]  # positions in the packed token sequence mean nothing to a text client
+        return result
+
+    def fill_mask_ids(token_ids, padding_mask):
+        return outputs(*_check_ids(token_ids, padding_mask, preprocessor.sequence_length))
+
+    described = {
+        "tokens": f"string [B, M, {k}]", "scores": f"float32 [B, M, {k}]", "token_ids": f"int32 [B, M, {k}]",
+        "num_masks": "int32 [B]",
+    }
+    text_signature = [_string_spec("text")]
+    archive.add_endpoint("fill_mask", fill_mask, text_signature)
+    archive.add_endpoint("fill_mask_ids", fill_mask_ids, _ids_specs())
+    signatures = {
+        "fill_mask": _describe(text_signature, described),
+        "fill_mask_ids": _describe(_ids_specs(), {**described, "mask_positions": "int32 [B, M]"}),
+    }
+    signatures["serving_default"] = signatures["fill_mask"]
+    return signatures, {}
+
+
+# -- gpt-clm -----------------------------------------------------------------------------------
+
+
+def _sampling_specs():
+    return [
+        tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+        tf.TensorSpec([], tf.float32, name="temperature"),
+        tf.TensorSpec([], tf.int32, name="top_k"),
+        tf.TensorSpec([], tf.float32, name="top_p"),
+        tf.TensorSpec([], tf.int32, name="seed"),
+    ]
+
+
+def _generate_endpoints(archive, recipe, model, options):
+    from zoo.models.generation import generate_tokens
+
+    decoder = model.decoder
+    sequence_length = decoder.sequence_length
+    preprocessor = _Preprocessor(recipe.tokenizer, sequence_length)
+
+    def generate_new_ids(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed):
+        """New ids `[B, max_new_tokens]` (padded with 0 after the end token) and their counts `[B]`."""
+        with tf.control_dependencies([
+            tf.debugging.assert_greater_equal(max_new_tokens, 1, message="max_new_tokens must be at least 1"),
+            tf.debugging.assert_less(
+                max_new_tokens, sequence_length,
+                message=f"max_new_tokens must be less than the model's sequence_length ({sequence_length})",
+            ),
+            tf.debugging.assert_greater_equal(
+                tf.reduce_min(tf.concat([prompt_ids.row_lengths(), tf.ones([1], prompt_ids.row_splits.dtype)], 0)),
+                tf.constant(1, prompt_ids.row_splits.dtype), message="every prompt needs at least one token",
+            ),
+        ]):
+            keep = tf.cast(sequence_length - max_new_tokens, prompt_ids.row_splits.dtype)
+        # Keep the last `keep` tokens of each prompt (left truncation).
+        lengths = prompt_ids.row_lengths()
+        kept = tf.minimum(lengths, keep)
+        starts = prompt_ids.row_starts() + lengths - kept
+        prompt_ids = tf.RaggedTensor.from_row_lengths(
+            tf.gather(prompt_ids.flat_values, tf.ragged.range(starts, starts + kept).flat_values), kept
+        )
+        buffer = prompt_ids.to_tensor(preprocessor.pad_id, shape=[None, sequence_length])
+        lengths = tf.cast(kept, tf.int32)
+        filled = generate_tokens(
+            decoder, buffer, lengths, max_new_tokens, end_token_id=preprocessor.sep_id, temperature=temperature,
+            top_k=top_k, top_p=top_p, seed=seed, pad_token_id=preprocessor.pad_id,
+        )
+        positions = tf.minimum(lengths[:, None] + tf.range(max_new_tokens)[None, :], sequence_length - 1)
+        new_ids = tf.gather(filled, positions, batch_dims=1)
+        # Up to and including the first end token (CausalLM.generate's rule).
+        ended_before = tf.cumsum(tf.cast(tf.equal(new_ids, preprocessor.sep_id), tf.int32), axis=1, exclusive=True) > 0
+        new_ids = tf.where(ended_before, preprocessor.pad_id, new_ids)
+        return new_ids, tf.reduce_sum(tf.cast(tf.logical_not(ended_before), tf.int32), axis=1)
+
+    def generate(prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        prompt_ids = preprocessor.tokenize(prompt)
+        # Documents start after an end-of-document token in training; so do prompts.
+        start = tf.fill(tf.stack([prompt_ids.nrows(), 1]), tf.constant(preprocessor.sep_id, tf.int32))
+        prompt_ids = tf.concat([tf.RaggedTensor.from_tensor(start), prompt_ids], axis=1)
+        new_ids, counts = generate_new_ids(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed)
+        kept = tf.RaggedTensor.from_tensor(new_ids, lengths=counts)
+        kept = tf.ragged.boolean_mask(kept, tf.not_equal(kept, preprocessor.sep_id))
+        return {"text": recipe.tokenizer.detokenize(kept)}
+
+    def generate_ids(token_ids, lengths, max_new_tokens, temperature, top_k, top_p, seed):
+        with tf.control_dependencies([
+            tf.debugging.assert_equal(
+                tf.shape(lengths)[0], tf.shape(token_ids)[0], message="lengths must have one entry per row of token_ids"
+            ),
+            tf.debugging.assert_less_equal(
+                lengths, tf.shape(token_ids)[1], message="a length exceeds the width of token_ids"
+            ),
+            tf.debugging.assert_non_negative(lengths, message="lengths must not be negative"),
+        ]):
+            prompt_ids = tf.RaggedTensor.from_tensor(token_ids, lengths=tf.cast(lengths, tf.int64))
+        new_ids, counts = generate_new_ids(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed)
+        return {"token_ids": new_ids, "lengths": counts}
+
+    text_signature = [_string_spec("prompt")] + _sampling_specs()
+    ids_signature = [
+        tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+        tf.TensorSpec([None], tf.int32, name="lengths"),
+    ] + _sampling_specs()
+    archive.add_endpoint("generate", generate, text_signature)
+    archive.add_endpoint("generate_ids", generate_ids, ids_signature)
+    signatures = {
+        "generate": _describe(text_signature, {"text": "string [B]"}),
+        "generate_ids": _describe(ids_signature, {"token_ids": "int32 [B, max_new_tokens]", "lengths": "int32 [B]"}),
+    }
+    signatures["serving_default"] = signatures["generate"]
+    sampling = {
+        "max_new_tokens": max(1, min(int(getattr(recipe.config, "sample_tokens", 32)), sequence_length - 1)),
+        "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0,
+    }
+    return signatures, {name: dict(sampling) for name in ("generate", "generate_ids", "serving_default")}
+
+
+# -- assets ------------------------------------------------------------------------------------
+
+
+def _write_assets(directory, recipe, signatures, defaults, options, metrics):
+    from zoo.data.tokenizer import save_tokenizer
+
+    assets = os.path.join(directory, "assets")
+    save_tokenizer(recipe.tokenizer, assets)  # vocab.txt and tokenizer.json
+    metadata = {
+        "format": METADATA_FORMAT,
+        "recipe": recipe.name,
+        "config": recipe.config_dict(),
+        "label_names": list(recipe.label_names) if getattr(recipe, "label_names", None) is not None else None,
+        "metrics": {str(k): _json_number(v) for k, v in (metrics or {}).items()} or None,
+        "signatures": signatures,
+        "signature_defaults": defaults,
+        "export_options": options,
+        "special_tokens": {t: recipe.tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")},
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+    with open(os.path.join(assets, METADATA_FILE), "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=2)
+        f.write("\n")
+
+
+def _json_number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _versions():
+    import keras_hub
+    import tensorflow_text
+
+    import zoo
+
+    return {
+        "python": sys.version.split()[0],
+        "tensorflow": tf.__version__,
+        "tensorflow_text": tensorflow_text.__version__,
+        "keras": keras.__version__,
+        "keras_hub": keras_hub.__version__,
+        "zoo": zoo.__version__,
+    }
