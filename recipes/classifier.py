@@ -28,7 +28,9 @@ class ClassifierConfig(RecipeConfig):
     learning_rate: float = 1e-3
     warmup_steps: int = 50
     total_steps: int = 1000
-    init_from: str = ""  # a bert-mlm checkpoint (run directory, checkpoint directory or .keras file)
+    # Start the encoder from a checkpoint: a bert-mlm run/checkpoint directory or .keras file, or
+    # a Hugging Face BERT: "minilm" (the all-MiniLM-L6-v2 package) or "hf:<directory>".
+    init_from: str = ""
 
 
 def _classifier(preset, layers, hidden, heads, **kwargs):
@@ -62,6 +64,8 @@ class ClassifierRecipe(Recipe):
             self._load_pretrained(config.init_from)
 
     def _load_pretrained(self, path):
+        if path == "minilm" or path.startswith("hf:"):
+            return self._load_hugging_face(path)
         model, tokenizer, _ = load_checkpoint(path)
         encoder = getattr(model, "encoder", None)
         if not isinstance(encoder, Encoder):
@@ -78,6 +82,20 @@ class ClassifierRecipe(Recipe):
             raise ValueError(
                 f"init_from={path!r} does not match this classifier's shape ({'; '.join(mismatched)}). "
                 "Pick the preset the checkpoint was trained with, or set those fields to the checkpoint's values."
+            )
+        self._pretrained_encoder = encoder
+        self.tokenizer = tokenizer
+
+    def _load_hugging_face(self, source):
+        """A Hugging Face BERT's encoder and tokenizer; its shape (layers, width, vocabulary)
+        comes from the checkpoint, and the config's shape fields are not used."""
+        from zoo.models.hf_bert import load_encoder, resolve_checkpoint
+
+        encoder, tokenizer, _ = load_encoder(resolve_checkpoint(source))
+        if self.config.sequence_length > encoder.sequence_length:
+            raise ValueError(
+                f"sequence_length {self.config.sequence_length} exceeds the {encoder.sequence_length} positions "
+                f"of init_from={source!r}."
             )
         self._pretrained_encoder = encoder
         self.tokenizer = tokenizer

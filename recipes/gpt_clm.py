@@ -87,17 +87,19 @@ class GPTCausalLMRecipe(Recipe):
         end_id = tokenizer.token_to_id("[SEP]")
         prompt_ids = [[end_id] + list(keras.ops.convert_to_numpy(tokenizer(p))) for p in prompts]
         new_ids = model.generate(
-            prompt_ids, max_new_tokens=max_new_tokens or self.config.sample_tokens, end_token_id=end_id, **sampling
+            prompt_ids, max_new_tokens=max_new_tokens or self.default_new_tokens, end_token_id=end_id, **sampling
         )
         return [self.detokenize([i for i in ids if i != end_id]) for ids in new_ids]
+
+    @property
+    def default_new_tokens(self):
+        """`sample_tokens`, capped at half the context so that the prompt keeps room."""
+        return max(1, min(self.config.sample_tokens, self.config.sequence_length // 2))
 
     def tensorboard_samples(self, model):
         """Three sampled continuations of `sample_prompt`, for TensorBoard's text dashboard."""
         prompts = [self.config.sample_prompt] * 3
-        max_new_tokens = min(self.config.sample_tokens, self.config.sequence_length // 2)
-        continuations = self.generate_text(
-            model, prompts, max_new_tokens=max_new_tokens, temperature=0.8, top_k=40, seed=self.config.seed
-        )
+        continuations = self.generate_text(model, prompts, temperature=0.8, top_k=40, seed=self.config.seed)
         return [prompt + continuation for prompt, continuation in zip(prompts, continuations)]
 
     def detokenize(self, ids):

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import sys
+import warnings
 
 import keras
 
@@ -276,10 +277,13 @@ class Trainer:
             # The stream is deterministic (seeded shuffles), so skipping `step` global batches puts
             # a resumed run exactly where the interrupted one stopped.
             stream = distribute(strategy, lambda: train.skip(step), config.batch_size)
-            result = model.fit(
-                stream, initial_epoch=first_epoch, epochs=last_epoch, steps_per_epoch=steps,
-                validation_data=validation, callbacks=callbacks, verbose=options.verbose, shuffle=False,
-            )
+            with warnings.catch_warnings():
+                # Keras warns when the (finite) validation set ends; the training stream never does.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                result = model.fit(
+                    stream, initial_epoch=first_epoch, epochs=last_epoch, steps_per_epoch=steps,
+                    validation_data=validation, callbacks=callbacks, verbose=options.verbose, shuffle=False,
+                )
             for key, values in result.history.items():
                 history.setdefault(key, []).extend(values)
 

@@ -1,5 +1,6 @@
-"""kill -9 mid-training, restart: training resumes from the step backup and ends with the same
-weights as a run that was never interrupted. Single process and 2 workers on 127.0.0.1."""
+"""Distributed training through the Trainer, and kill -9 mid-training: a restart resumes from the
+step backup and ends with the weights of a run that was never interrupted. One process, 2
+replicas on logical CPUs (mirrored), and 2 workers on 127.0.0.1 (multi-worker)."""
 
 import json
 import os
@@ -137,3 +138,16 @@ def test_two_workers_match_one_process_and_survive_kill_9(lm_corpus, tmp_path):
         assert code == 0, stderr[-3000:]
         assert json.loads(stdout.strip().splitlines()[-1])["resumed_from_step"] == 6
     assert_same_weights(weights(tmp_path / "fault" / "w0.npz"), reference_weights)
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_logical_cpus_matches_one_device(lm_corpus, tmp_path):
+    single = summary(run(tmp_path / "single", lm_corpus, tmp_path / "single.npz", "--dropout", "0"))
+    mirrored = run(
+        tmp_path / "mirrored", lm_corpus, tmp_path / "mirrored.npz", "--dropout", "0", "--strategy", "mirrored",
+        "--logical-cpus", "2",
+    )
+    result = summary(mirrored)
+    assert "XLA is off" in mirrored.stderr
+    np.testing.assert_allclose(result["history"]["loss"], single["history"]["loss"], atol=1e-5)
+    assert_same_weights(weights(tmp_path / "mirrored.npz"), weights(tmp_path / "single.npz"))

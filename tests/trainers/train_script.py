@@ -1,6 +1,6 @@
 """Runs one small gpt-clm training for the fault-tolerance and multi-worker tests.
 
-    python train_script.py RUN_DIR CORPUS OUT.npz [--strategy S] [--crash-at-step N] [--no-xla] [--dropout R]
+    python train_script.py RUN_DIR CORPUS OUT.npz [--strategy S] [--crash-at-step N] [--no-xla] [--dropout R] [--logical-cpus N]
 
 Writes the final weights to OUT.npz and prints one JSON line with the run's summary. With
 --crash-at-step N the process SIGKILLs itself (kill -9) right after its N-th training step.
@@ -22,13 +22,16 @@ parser.add_argument("--strategy", default="auto")
 parser.add_argument("--crash-at-step", type=int, default=0)
 parser.add_argument("--no-xla", action="store_true")
 parser.add_argument("--dropout", type=float, default=0.1)
+parser.add_argument("--logical-cpus", type=int, default=0, help="split the CPU into N logical devices first")
 args = parser.parse_args()
 
 from trainers.quiet import import_tensorflow  # noqa: E402
 
 import_tensorflow(probe_devices=False)
-from trainers.strategy import get_strategy  # noqa: E402
+from trainers.strategy import get_strategy, use_logical_cpus  # noqa: E402
 
+if args.logical_cpus:
+    use_logical_cpus(args.logical_cpus)
 strategy = get_strategy(args.strategy)  # first: a multi-worker strategy must precede other TF ops
 
 import keras  # noqa: E402

@@ -136,7 +136,8 @@ def save_tokenizer(tokenizer, directory):
         "split_on_cjk": bool(tokenizer.split_on_cjk),
         "suffix_indicator": tokenizer.suffix_indicator,
         "oov_token": tokenizer.oov_token,
-        "special_tokens": vocabulary[: len(SPECIAL_TOKENS)],
+        # By name: imported vocabularies (BERT's has [CLS] at 101) do not keep them at 0..4.
+        "special_tokens": list(getattr(tokenizer, "special_tokens", None) or [t for t in SPECIAL_TOKENS if t in vocabulary]),
     }
     _atomic_write(os.path.join(directory, VOCABULARY_FILE), "".join(t + "\n" for t in vocabulary))
     _atomic_write(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2) + "\n")

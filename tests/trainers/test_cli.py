@@ -1,0 +1,95 @@
+"""The `zoo` command end to end: train -> evaluate -> export -> generate, and bad arguments."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+TINY = [
+    "--set", "vocabulary_size=400", "--set", "num_layers=1", "--set", "hidden_dim=32", "--set", "num_heads=2",
+    "--set", "intermediate_dim=64", "--set", "validation_steps=2", "--seq-len", "32", "--batch-size", "8",
+]
+
+
+def zoo(*args, timeout=300):
+    command = [sys.executable, "-c", "import sys; from trainers.cli import main; sys.exit(main())", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def tags(directory):
+    accumulator = event_accumulator.EventAccumulator(str(directory), size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    return set(accumulator.Tags()[event_accumulator.TENSORS])
+
+
+@pytest.fixture(scope="module")
+def trained_run(lm_corpus, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = zoo("train", "gpt-clm", "--data", lm_corpus, "--steps", "6", "--run-dir", run_dir, "--log-every", "2",
+                 "--verbose", "0", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_train_writes_the_run_directory_and_is_quiet(trained_run):
+    run_dir, result = trained_run
+    assert "Final metrics" in result.stdout and "Sample ('def '" in result.stdout
+    for noise in ("cuda drivers", "cuInit", "absl::InitializeLog", "Traceback"):
+        assert noise not in result.stderr
+    config = json.load(open(run_dir / "config.json"))
+    assert config["recipe"] == "gpt-clm" and config["hidden_dim"] == 32 and config["sequence_length"] == 32
+    for path in ("tokenizer/vocab.txt", "checkpoints/last/model.keras", "checkpoints/best/model.keras",
+                 "backup/worker-0/backup.json"):
+        assert os.path.exists(run_dir / path), path
+
+
+def test_tensorboard_has_the_scalars_and_text_samples(trained_run):
+    run_dir, _ = trained_run
+    train_tags = tags(run_dir / "tb" / "train")
+    assert {"loss", "accuracy", "perplexity", "learning_rate", "tokens_per_sec", "examples_per_sec", "samples"} <= train_tags
+    assert {"loss", "accuracy", "perplexity"} <= tags(run_dir / "tb" / "validation")
+
+
+def test_evaluate_export_and_generate(trained_run):
+    run_dir, _ = trained_run
+    evaluated = zoo("evaluate", run_dir, "--steps", "2")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.loads(evaluated.stdout[: evaluated.stdout.index("}") + 1])
+    assert {"loss", "accuracy", "perplexity"} <= set(metrics)
+
+    export_dir = run_dir.parent / "export" / "1"
+    exported = zoo("export", run_dir, "--out", export_dir)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert os.path.exists(export_dir / "saved_model.pb")
+    generated = zoo("generate", export_dir, "def ", "--max-new-tokens", "5")
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    assert generated.stdout.startswith("def ")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "gpt-cml"], "Registered recipes: bert-mlm, classifier, gpt-clm"),
+        (["train", "gpt-clm", "--set", "hiden_dim=3"], "Valid keys:"),
+        (["train", "gpt-clm", "--set", "num_layers=two"], "num_layers expects int"),
+        (["train", "gpt-clm", "--preset", "huge"], "Valid presets: small, tiny"),
+        (["train", "gpt-clm", "--data", "/no/such/corpus"], "/no/such/corpus"),
+        (["train", "classifier", "--data", "nope"], "nope"),
+        (["evaluate", "/no/such/run"], "does not exist"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_clear_line(args, message, tmp_path):
+    result = zoo(*args, "--run-dir", tmp_path / "run") if args[0] == "train" else zoo(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_strategy_choices_match_the_factory():
+    from trainers.cli import STRATEGY_CHOICES
+    from trainers.strategy import STRATEGY_NAMES
+
+    assert STRATEGY_CHOICES == STRATEGY_NAMES

@@ -1,0 +1,58 @@
+"""The Trainer in process: XLA really on, mixed precision, the run-directory guard."""
+
+import keras
+import numpy as np
+import pytest
+
+import recipes
+from trainers.trainer import Trainer, TrainOptions
+
+
+def xla_compiled_calls(train_function):
+    """Calls in the traced train step that TensorFlow must compile with XLA (`_XlaMustCompile`)."""
+    traced = [cell.cell_contents for cell in train_function.__closure__
+              if hasattr(cell.cell_contents, "_list_all_concrete_functions")]
+    calls = []
+    for concrete in (cf for function in traced for cf in function._list_all_concrete_functions()):
+        graph = concrete.graph.as_graph_def()
+        nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
+        calls += [node.name for node in nodes if node.attr["_XlaMustCompile"].b]
+    return calls
+
+
+def tiny_recipe(corpus, **overrides):
+    config = dict(
+        data=corpus, vocabulary_size=400, sequence_length=32, num_layers=1, hidden_dim=32, num_heads=2,
+        intermediate_dim=64, batch_size=8, warmup_steps=0,
+    )
+    return recipes.get("gpt-clm", **{**config, **overrides})
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_xla_is_really_on_by_default_and_off_by_flag(lm_corpus, tmp_path, jit_compile):
+    options = TrainOptions(steps_per_epoch=2, validation_steps=1, jit_compile=jit_compile, verbose=0)
+    result = Trainer(tiny_recipe(lm_corpus), str(tmp_path / "run"), options=options).train()
+    assert result.model.jit_compile is jit_compile
+    assert bool(xla_compiled_calls(result.model.train_function)) is jit_compile
+
+
+def test_mixed_bfloat16_trains_in_bfloat16_with_float32_weights(lm_corpus, tmp_path):
+    options = TrainOptions(steps_per_epoch=3, validation_steps=1, mixed_precision="mixed_bfloat16", verbose=0)
+    result = Trainer(tiny_recipe(lm_corpus), str(tmp_path / "run"), options=options).train()
+    decoder = result.model.decoder
+    assert decoder.compute_dtype == "bfloat16"
+    assert all(w.dtype == "float32" for w in decoder.weights)
+    assert np.isfinite(result.history["loss"]).all()
+    assert keras.config.dtype_policy().name == "float32"  # the trainer restores the global policy
+
+
+def test_a_run_directory_refuses_another_config(lm_corpus, tmp_path):
+    options = TrainOptions(steps_per_epoch=1, validation_steps=1, verbose=0)
+    Trainer(tiny_recipe(lm_corpus), str(tmp_path / "run"), options=options)._write_config(chief=True)
+    with pytest.raises(ValueError, match=r"another config \(hidden_dim: 32 -> 64\)"):
+        Trainer(tiny_recipe(lm_corpus, hidden_dim=64), str(tmp_path / "run"), options=options).train()
+
+
+def test_unknown_mixed_precision_policy_lists_the_valid_ones(lm_corpus, tmp_path):
+    with pytest.raises(ValueError, match="mixed_bfloat16, mixed_float16"):
+        Trainer(tiny_recipe(lm_corpus), str(tmp_path), options=TrainOptions(mixed_precision="fp8"))
