@@ -240,7 +240,24 @@ def _classifier_endpoints(archive, recipe, model, options):
     archive.add_endpoint("classify_ids", classify_ids, _ids_specs())
     signatures = {"classify": _describe(text_signature, described), "classify_ids": _describe(_ids_specs(), described)}
     signatures["serving_default"] = signatures["classify"]
+    signatures.update(_embed_endpoint(archive, model, preprocessor))
     return signatures, {}
+
+
+def _embed_endpoint(archive, model, preprocessor):
+    """`embed`: the encoder's outputs averaged over real tokens and L2-normalised (the pooling of
+    sentence-transformers models such as all-MiniLM-L6-v2); for search and clustering."""
+
+    def embed(text):
+        token_ids, padding_mask = preprocessor.pack(preprocessor.tokenize(text))
+        sequence = tf.cast(model.encoder(token_ids, padding_mask=padding_mask, training=False), tf.float32)
+        weights = tf.cast(padding_mask, tf.float32)[..., None]
+        pooled = tf.reduce_sum(sequence * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+        return {"embedding": tf.math.l2_normalize(pooled, axis=-1)}
+
+    signature = [_string_spec("text")]
+    archive.add_endpoint("embed", embed, signature)
+    return {"embed": _describe(signature, {"embedding": "float32 [B, hidden], unit length"})}
 
 
 # -- bert-mlm ----------------------------------------------------------------------------------
@@ -291,6 +308,7 @@ def _fill_mask_endpoints(archive, recipe, model, options):
         "fill_mask_ids": _describe(_ids_specs(), {**described, "mask_positions": "int32 [B, M]"}),
     }
     signatures["serving_default"] = signatures["fill_mask"]
+    signatures.update(_embed_endpoint(archive, model, preprocessor))
     return signatures, {}
 
 

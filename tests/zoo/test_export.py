@@ -422,3 +422,19 @@ def test_fill_mask_and_generate_commands(exports, capsys):
     assert export_commands.generate(gpt_path, ["def "]) == recipe.generate_text(model, ["def "], temperature=0.0, max_new_tokens=31)
     with pytest.raises(ValueError, match="not a zoo gpt-clm export"):
         export_commands.generate(mlm_path, "def ")
+
+
+def test_encoder_exports_offer_a_sentence_embedding(exports):
+    """`embed` = the encoder's outputs mean-pooled over real tokens and L2-normalised."""
+    from zoo.models.hf_bert import sentence_embedding
+
+    texts = ["the cat sat", "", "a much longer sentence about dogs and cats and birds"]
+    for name in ("classifier", "bert-mlm"):
+        recipe, model, path = exports[name]
+        embedded = tf.saved_model.load(path).signatures["embed"](text=tf.constant(texts))["embedding"].numpy()
+        batch = next(iter(pipelines.classification_dataset(
+            texts, [0] * len(texts), recipe.tokenizer, SHAPE["sequence_length"], len(texts), shuffle=False
+        )))[0]
+        reference = sentence_embedding(model.encoder, batch["token_ids"], batch["padding_mask"])
+        np.testing.assert_allclose(embedded, np.asarray(reference), atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(embedded, axis=-1), 1.0, atol=1e-5)
