@@ -151,23 +151,29 @@ def _cmd_export(args):
 
 def _cmd_predict(args):
     from trainers.export_commands import predict
+    from trainers.quiet import filtered_native_stderr
 
-    predict(args.export_dir, args.texts)
+    with filtered_native_stderr():  # loading a SavedModel logs oneDNN notes from C++
+        predict(args.export_dir, args.texts)
     return 0
 
 
 def _cmd_fill_mask(args):
     from trainers.export_commands import fill_mask
+    from trainers.quiet import filtered_native_stderr
 
-    fill_mask(args.export_dir, args.texts)
+    with filtered_native_stderr():  # loading a SavedModel logs oneDNN notes from C++
+        fill_mask(args.export_dir, args.texts)
     return 0
 
 
 def _cmd_generate(args):
     from trainers.export_commands import generate
+    from trainers.quiet import filtered_native_stderr
 
-    generate(args.export_dir, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-             top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    with filtered_native_stderr():  # loading a SavedModel logs oneDNN notes from C++
+        generate(args.export_dir, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                 top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     return 0
 
 

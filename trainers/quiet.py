@@ -28,6 +28,7 @@ _NOISE = re.compile(
             r"rebuild TensorFlow with the appropriate compiler flags",
             r"Unable to register cu(DNN|FFT|BLAS) factory",
             r"computation placer already registered",
+            r"oneDNN supports DT_INT64 only on platforms with AVX-512",
         ]
     )
 )
