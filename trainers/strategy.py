@@ -12,8 +12,11 @@ Constraints the trainer must respect:
   `use_logical_cpus` has the same constraint. So: parse flags, call `get_strategy`, then build
   the data and the model.
 - **Build the model and compile it inside `strategy.scope()`**, so that variables are mirrored.
-- **Apply `distribute_dataset_options()` to every dataset** handed to `model.fit`, and batch it
-  with the *global* batch size: `tf.distribute` splits each global batch across the replicas.
+- **Feed global batches.** The `Trainer` hands every worker the same stream of global batches
+  and gives each replica its slice (`trainers/distributed_data.py`), which also makes a resumed
+  run's `skip(step)` count global batches. When calling `model.fit` directly on a dataset
+  batched with the *global* batch size, apply `distribute_dataset_options()` (DATA sharding)
+  instead, and build the dataset with a fixed shuffle order per pass.
 - **Only the chief writes** (TensorBoard, checkpoints, exports): ask `is_chief(strategy)`.
 """
 
