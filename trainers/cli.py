@@ -109,6 +109,7 @@ def _cmd_train(args):
         mixed_precision=args.mixed_precision or "",
         log_every=args.log_every,
         backup_every=args.backup_every,
+        write_graph=args.tensorboard_graph,
         verbose=args.verbose,
     )
     # The strategy comes first: a multi-worker strategy must exist before any other TF op.
@@ -217,6 +218,7 @@ def build_parser():
     train.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"], help="mixed precision policy")
     train.add_argument("--log-every", type=int, default=10, help="TensorBoard scalars every N steps (default 10)")
     train.add_argument("--backup-every", type=int, default=50, help="step backups every N steps (default 50)")
+    train.add_argument("--tensorboard-graph", action="store_true", help="also write the model graph to TensorBoard")
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
     train.set_defaults(handler=_cmd_train)
 

@@ -43,6 +43,7 @@ class TrainOptions:
     mixed_precision: str = ""  # "", "mixed_bfloat16" or "mixed_float16" (with loss scaling)
     log_every: int = 10  # TensorBoard scalars every N steps
     backup_every: int = 50  # step backups every N steps (a crash loses at most N steps)
+    write_graph: bool = False  # the model graph in TensorBoard (tb/graph), off by default
     verbose: int = 1
 
 
@@ -230,6 +231,8 @@ class Trainer:
                     examples_per_batch=examples_per_batch, hparams=hparams, text_samples=sampler,
                 )
             )
+            if self.options.write_graph:
+                callbacks.append(keras.callbacks.TensorBoard(self.path("tb", "graph"), write_graph=True, update_freq="epoch"))
             callbacks.append(RecipeCheckpoint(self.recipe, self.path("checkpoints")))
         callbacks.append(StopOnNaN(checkpoint_dir=self.path("checkpoints", "last")))
         callbacks.append(backup_lib.StepBackup(backup_dir, self.options.backup_every, initial_step=initial_step))

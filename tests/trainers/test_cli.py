@@ -51,6 +51,7 @@ def test_tensorboard_has_the_scalars_and_text_samples(trained_run):
     train_tags = tags(run_dir / "tb" / "train")
     assert {"loss", "accuracy", "perplexity", "learning_rate", "tokens_per_sec", "examples_per_sec", "samples"} <= train_tags
     assert {"loss", "accuracy", "perplexity"} <= tags(run_dir / "tb" / "validation")
+    assert not (run_dir / "tb" / "graph").exists()  # the model graph is off by default
 
 
 def test_evaluate_export_and_generate(trained_run):

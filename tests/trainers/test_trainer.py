@@ -1,5 +1,7 @@
 """The Trainer in process: XLA really on, mixed precision, the run-directory guard."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -56,3 +58,10 @@ def test_a_run_directory_refuses_another_config(lm_corpus, tmp_path):
 def test_unknown_mixed_precision_policy_lists_the_valid_ones(lm_corpus, tmp_path):
     with pytest.raises(ValueError, match="mixed_bfloat16, mixed_float16"):
         Trainer(tiny_recipe(lm_corpus), str(tmp_path), options=TrainOptions(mixed_precision="fp8"))
+
+
+def test_model_graph_only_on_request(lm_corpus, tmp_path):
+    options = TrainOptions(steps_per_epoch=1, validation_steps=1, jit_compile=False, verbose=0, write_graph=True)
+    Trainer(tiny_recipe(lm_corpus), str(tmp_path / "run"), options=options).train()
+    event_files = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "run" / "tb" / "graph") for f in files]
+    assert any("tfevents" in path for path in event_files)
