@@ -4,6 +4,7 @@ import dataclasses
 
 import keras
 
+from recipes import pretrained
 from recipes.base import Recipe, RecipeConfig
 from recipes.registry import register
 from zoo.models import Encoder, MaskedLM, Perplexity
@@ -20,6 +21,10 @@ class BertConfig(RecipeConfig):
     max_predictions: int = 0  # masked positions per sequence; 0: the pipeline's default for the rate
     steps_per_epoch: int = 300
     validation_steps: int = 20
+    # Start from a checkpoint: a bert-mlm run/checkpoint directory or .keras file (encoder, head
+    # and tokenizer), or a Hugging Face BERT: "minilm" (the all-MiniLM-L6-v2 package) or
+    # "hf:<directory>" (the encoder, and the head where the checkpoint has one: BertForMaskedLM).
+    init_from: str = ""
 
 
 def _bert(preset, layers, hidden, heads, **kwargs):
@@ -41,19 +46,42 @@ PRESETS = {
 class BertMaskedLMRecipe(Recipe):
     """Masked-token prediction: text chunks wrapped as [CLS] ... [SEP], 15% of tokens selected
     per step (80% [MASK], 10% random, 10% kept), logits only at the selected positions.
-    Metrics: masked-token accuracy and perplexity."""
+    Metrics: masked-token accuracy and perplexity.
+
+    With `init_from` (see recipes/pretrained.py) training continues from a checkpoint with its
+    tokenizer: a zoo bert-mlm's whole model (its shape must match the config's), or a Hugging
+    Face BERT's encoder (its shape comes from the checkpoint) and masked-LM head. A checkpoint
+    without a masked-LM head (all-MiniLM-L6-v2, a BertModel, a classifier) gives the encoder
+    only: the head starts fresh, and a warning says so."""
 
     config_class = BertConfig
     presets = PRESETS
 
+    def __init__(self, config):
+        super().__init__(config)
+        self._pretrained = None
+        if config.init_from:
+            self._pretrained = pretrained.load_pretrained(config.init_from, config, self.name, masked_lm_head=True)
+            self.tokenizer = self._pretrained.tokenizer
+            if self._pretrained.head is None:
+                pretrained.warn_fresh_head(config.init_from)
+
     def create_model(self):
         c = self.config
-        encoder = Encoder(
-            self.model_vocabulary_size, c.sequence_length, c.num_layers, c.hidden_dim, c.num_heads,
-            c.intermediate_dim, dropout=c.dropout, activation=c.activation, num_segments=c.num_segments,
-            layer_norm_epsilon=c.layer_norm_epsilon, name="encoder",
-        )
-        return MaskedLM(encoder, name="bert_mlm")
+        if self._pretrained is not None:
+            encoder = pretrained.fresh_encoder(self._pretrained.encoder)
+        else:
+            encoder = Encoder(
+                self.model_vocabulary_size, c.sequence_length, c.num_layers, c.hidden_dim, c.num_heads,
+                c.intermediate_dim, dropout=c.dropout, activation=c.activation, num_segments=c.num_segments,
+                layer_norm_epsilon=c.layer_norm_epsilon, name="encoder",
+            )
+        model = MaskedLM(encoder, name="bert_mlm")
+        if self._pretrained is not None:
+            encoder.set_weights(self._pretrained.encoder.get_weights())
+            if self._pretrained.head is not None:
+                pretrained.copy_masked_lm_head(self._pretrained.head, model.head)
+        return model
 
     def compile_model(self, model, total_steps=None, jit_compile="auto"):
         model.compile(

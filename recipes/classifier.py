@@ -4,12 +4,11 @@ import dataclasses
 
 import keras
 
-from recipes.base import Recipe, RecipeConfig, load_checkpoint
+from recipes.base import Recipe, RecipeConfig
+from recipes import pretrained
+from recipes.pretrained import load_pretrained
 from recipes.registry import register
 from zoo.models import Encoder, MacroClassificationMetric, TextClassifier
-
-# Encoder fields a checkpoint fixes: a classifier started from it must agree on each.
-_ARCHITECTURE_FIELDS = ("sequence_length", "num_layers", "hidden_dim", "num_heads", "intermediate_dim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,41 +63,11 @@ class ClassifierRecipe(Recipe):
             self._load_pretrained(config.init_from)
 
     def _load_pretrained(self, path):
-        if path == "minilm" or path.startswith("hf:"):
-            return self._load_hugging_face(path)
-        model, tokenizer, _ = load_checkpoint(path)
-        encoder = getattr(model, "encoder", None)
-        if not isinstance(encoder, Encoder):
-            raise ValueError(f"init_from={path!r} holds a {type(model).__name__}, not a model with a zoo Encoder (e.g. bert-mlm).")
-        if tokenizer is None:
-            raise ValueError(f"init_from={path!r} has no tokenizer/ beside its model: the encoder's vocabulary is unknown.")
-        encoder_config = encoder.get_config()
-        mismatched = [
-            f"{field}: checkpoint {encoder_config[field]}, config {getattr(self.config, field)}"
-            for field in _ARCHITECTURE_FIELDS
-            if encoder_config[field] != getattr(self.config, field)
-        ]
-        if mismatched:
-            raise ValueError(
-                f"init_from={path!r} does not match this classifier's shape ({'; '.join(mismatched)}). "
-                "Pick the preset the checkpoint was trained with, or set those fields to the checkpoint's values."
-            )
-        self._pretrained_encoder = encoder
-        self.tokenizer = tokenizer
-
-    def _load_hugging_face(self, source):
-        """A Hugging Face BERT's encoder and tokenizer; its shape (layers, width, vocabulary)
-        comes from the checkpoint, and the config's shape fields are not used."""
-        from zoo.models.hf_bert import load_encoder, resolve_checkpoint
-
-        encoder, tokenizer, _ = load_encoder(resolve_checkpoint(source))
-        if self.config.sequence_length > encoder.sequence_length:
-            raise ValueError(
-                f"sequence_length {self.config.sequence_length} exceeds the {encoder.sequence_length} positions "
-                f"of init_from={source!r}."
-            )
-        self._pretrained_encoder = encoder
-        self.tokenizer = tokenizer
+        """The encoder and tokenizer of `init_from` (see recipes/pretrained.py): a Hugging Face
+        BERT's shape comes from the checkpoint; a zoo checkpoint's must match the config's."""
+        loaded = load_pretrained(path, self.config, self.name)
+        self._pretrained_encoder = loaded.encoder
+        self.tokenizer = loaded.tokenizer
 
     def tokenizer_training_texts(self, source):
         from zoo.data import corpora
@@ -122,7 +91,7 @@ class ClassifierRecipe(Recipe):
     def create_model(self):
         c = self.config
         if self._pretrained_encoder is not None:
-            encoder = Encoder.from_config({**self._pretrained_encoder.get_config(), "name": "encoder"})
+            encoder = pretrained.fresh_encoder(self._pretrained_encoder)  # in the current dtype policy
         else:
             encoder = Encoder(
                 self.model_vocabulary_size, c.sequence_length, c.num_layers, c.hidden_dim, c.num_heads,

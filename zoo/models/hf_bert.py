@@ -27,6 +27,15 @@ the `embeddings.position_ids` buffer are ignored; any other unused tensor is an 
 `attention_probs_dropout_prob` is not carried over: the zoo's Encoder has one dropout rate
 (`hidden_dropout_prob`), which only matters when fine-tuning.
 
+`load_masked_lm` also loads `BertForMaskedLM`'s head into the zoo's `MaskedLMHead`:
+
+| Hugging Face tensor                              | zoo variable                                   |
+|--------------------------------------------------|------------------------------------------------|
+| cls.predictions.transform.dense                  | `mlm_head.transform` (the activation is `hidden_act`) |
+| cls.predictions.transform.LayerNorm              | `mlm_head.transform_norm`                      |
+| cls.predictions.bias (= cls.predictions.decoder.bias) | `mlm_head.output_bias`                    |
+| cls.predictions.decoder.weight (tied)            | the token embedding, which the head reuses     |
+
 The tokenizer is a plain `keras_hub.tokenizers.WordPieceTokenizer` over the checkpoint's
 `vocab.txt` (lowercase and strip accents as `tokenizer_config.json` says), so
 `zoo.data.tokenizer.save_tokenizer` / `load_tokenizer` round-trip it and the zoo's pipelines and
@@ -75,6 +84,14 @@ OPTIONAL_FIELDS = {
     "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.1,
     "attention_probs_dropout_prob": 0.1, "position_embedding_type": "absolute",
 }
+# The masked-LM head of `BertForMaskedLM` / `BertForPreTraining` (`load_masked_lm`): the
+# transform (dense, activation, LayerNorm) and the output bias. Optional beside them:
+# `cls.predictions.decoder.weight` (tied to the word embeddings) and `.decoder.bias` (= `.bias`).
+MLM_HEAD_PREFIX = "cls.predictions."
+MLM_HEAD_REQUIRED = (
+    "cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
+    "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias", "cls.predictions.bias",
+)
 # Tensors a BERT checkpoint may hold that the Encoder has no use for.
 IGNORED_PREFIXES = ("pooler.", "cls.")
 IGNORED_TENSORS = ("embeddings.position_ids",)
@@ -137,16 +154,66 @@ def load_encoder(directory, dtype=None):
             missing config field, a missing tensor, a tensor of the wrong shape, or tensors the
             Encoder cannot use; the message names each.
     """
+    directory, info, tensors, path = _read_checkpoint(directory)
+    tokenizer = _checkpoint_tokenizer(directory, info)
+    encoder = _build_encoder(info, _check_tensors(tensors, info, path), dtype)
+    return encoder, tokenizer, info
+
+
+def load_masked_lm(directory, dtype=None):
+    """A zoo `MaskedLM` (encoder and masked-LM head) with a BERT checkpoint's weights, and its tokenizer.
+
+    The encoder loads as in `load_encoder`. The head loads from the `BertForMaskedLM` /
+    `BertForPreTraining` tensors (see `MLM_HEAD_REQUIRED`) when the checkpoint has any
+    `cls.predictions.*` tensor; a checkpoint without them (a plain `BertModel` such as
+    all-MiniLM-L6-v2) leaves the head freshly initialised. The zoo head's projection is tied
+    to the token embedding, so a `cls.predictions.decoder.weight` must equal the word
+    embeddings; `cls.predictions.decoder.bias`, where present, is (as in Hugging Face) the same
+    vector as `cls.predictions.bias`. The next-sentence head (`cls.seq_relationship.*`) is ignored.
+
+    Returns:
+        `(model, tokenizer, info, has_head)`: the built MaskedLM, the tokenizer and info of
+        `load_encoder` (info also gets `mlm_head`), and whether the head came from the
+        checkpoint.
+
+    Raises:
+        ValueError: as `load_encoder`, and for an incomplete head (some `cls.predictions.*`
+            tensors but not all), a head tensor of the wrong shape, an unknown
+            `cls.predictions.*` tensor or an untied decoder; the message names the tensor.
+    """
+    from zoo.models.masked_lm import MaskedLM
+
+    directory, info, tensors, path = _read_checkpoint(directory)
+    encoder_tensors = _check_tensors(tensors, info, path)
+    head_tensors = _check_head_tensors(tensors, info, path, encoder_tensors["embeddings.word_embeddings.weight"])
+    tokenizer = _checkpoint_tokenizer(directory, info)
+    encoder = _build_encoder(info, encoder_tensors, dtype)
+    model = MaskedLM(encoder, name="bert_mlm")
+    if head_tensors is not None:
+        _assign(_head_assignments(model.head, head_tensors))
+    info["mlm_head"] = head_tensors is not None
+    return model, tokenizer, info, head_tensors is not None
+
+
+def _read_checkpoint(directory):
+    """(directory, info, tensors by unprefixed name, weights path) of a checkpoint."""
     from safetensors.numpy import load_file
 
     directory = resolve_checkpoint(directory)
     info = read_config(directory)
-    tensors = load_file(os.path.join(directory, WEIGHTS_FILE))
-    tensors = _check_tensors(tensors, info, os.path.join(directory, WEIGHTS_FILE))
+    path = os.path.join(directory, WEIGHTS_FILE)
+    return directory, info, _unprefixed(load_file(path)), path
+
+
+def _checkpoint_tokenizer(directory, info):
+    """The checkpoint's tokenizer; records its special-token ids and casing in `info`."""
     tokenizer = load_tokenizer(directory)
     info["special_token_ids"] = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
     info["lowercase"] = bool(tokenizer.lowercase)
+    return tokenizer
 
+
+def _build_encoder(info, tensors, dtype):
     encoder = Encoder(
         vocabulary_size=info["vocab_size"],
         sequence_length=info["max_position_embeddings"],
@@ -163,11 +230,15 @@ def load_encoder(directory, dtype=None):
         name="encoder",
     )
     encoder.build((None, None))
-    for variable, value in _assignments(encoder, tensors, info):
+    _assign(_assignments(encoder, tensors, info))
+    return encoder
+
+
+def _assign(pairs):
+    for variable, value in pairs:
         if tuple(variable.shape) != value.shape:  # a bug here, not in the checkpoint
             raise RuntimeError(f"{variable.path}: shape {tuple(variable.shape)}, converted weight {value.shape}.")
         variable.assign(value)
-    return encoder, tokenizer, info
 
 
 def read_config(directory):
@@ -308,9 +379,14 @@ def _expected_shapes(info):
     return shapes
 
 
+def _unprefixed(tensors):
+    """The tensors with the `bert.` prefix of `BertFor*` checkpoints taken off their names."""
+    return {name[len("bert."):] if name.startswith("bert.") else name: value for name, value in tensors.items()}
+
+
 def _check_tensors(tensors, info, path):
     """The tensors by their unprefixed names, once each is present with the expected shape."""
-    tensors = {name[len("bert."):] if name.startswith("bert.") else name: value for name, value in tensors.items()}
+    tensors = _unprefixed(tensors)
     expected = _expected_shapes(info)
     missing = [name for name in expected if name not in tensors]
     if missing:
@@ -383,4 +459,80 @@ def _assignments(encoder, tensors, info):
     left = [variable.path for variable in encoder.weights if id(variable) not in assigned]
     if left:  # the Encoder grew a weight this importer does not know about
         raise RuntimeError(f"Encoder weights without a checkpoint tensor: {', '.join(left)}.")
+    return [(variable, np.ascontiguousarray(value)) for variable, value in pairs]
+
+
+def _head_shapes(info):
+    """HF tensor name -> shape, for every tensor of a masked-LM head (see `MLM_HEAD_REQUIRED`)."""
+    hidden, vocabulary = info["hidden_size"], info["vocab_size"]
+    return {
+        "cls.predictions.transform.dense.weight": (hidden, hidden),
+        "cls.predictions.transform.dense.bias": (hidden,),
+        "cls.predictions.transform.LayerNorm.weight": (hidden,),
+        "cls.predictions.transform.LayerNorm.bias": (hidden,),
+        "cls.predictions.bias": (vocabulary,),
+        "cls.predictions.decoder.weight": (vocabulary, hidden),
+        "cls.predictions.decoder.bias": (vocabulary,),
+    }
+
+
+def _check_head_tensors(tensors, info, path, word_embeddings):
+    """The masked-LM head's tensors (`MLM_HEAD_REQUIRED` names), None when the checkpoint has none."""
+    found = {name: value for name, value in tensors.items() if name.startswith(MLM_HEAD_PREFIX)}
+    if not found:
+        return None
+    shapes = _head_shapes(info)
+    unknown = sorted(name for name in found if name not in shapes)
+    if unknown:
+        raise ValueError(f"{path}: masked-LM head tensor(s) the zoo's MaskedLMHead has no place for: {', '.join(unknown)}.")
+    wrong = [
+        f"{name}: expected {shapes[name]}, found {tuple(value.shape)}"
+        for name, value in sorted(found.items())
+        if tuple(value.shape) != shapes[name]
+    ]
+    if wrong:
+        raise ValueError(
+            f"{path}: masked-LM head tensor shape mismatch with {CONFIG_FILE} (hidden_size {info['hidden_size']}, "
+            f"vocab_size {info['vocab_size']}): " + "; ".join(wrong)
+        )
+    found = {name: np.asarray(value, "float32") for name, value in found.items()}
+    # HF's decoder.bias is the head's `bias` parameter under a second name: either may be saved.
+    bias, decoder_bias = found.get("cls.predictions.bias"), found.pop("cls.predictions.decoder.bias", None)
+    if bias is None and decoder_bias is not None:
+        found["cls.predictions.bias"] = decoder_bias
+    elif bias is not None and decoder_bias is not None and not np.array_equal(bias, decoder_bias):
+        raise ValueError(
+            f"{path}: cls.predictions.decoder.bias differs from cls.predictions.bias; the zoo's MaskedLMHead has one "
+            "output bias."
+        )
+    decoder = found.pop("cls.predictions.decoder.weight", None)
+    if decoder is not None and not np.allclose(decoder, word_embeddings, rtol=0, atol=1e-6):
+        raise ValueError(
+            f"{path}: cls.predictions.decoder.weight differs from embeddings.word_embeddings.weight (an untied "
+            "output projection); the zoo's MaskedLMHead projects with the token embedding."
+        )
+    missing = [name for name in MLM_HEAD_REQUIRED if name not in found]
+    if missing:
+        raise ValueError(
+            f"{path}: incomplete masked-LM head: missing tensor(s) {', '.join(missing)} "
+            f"(found {', '.join(sorted(name for name in tensors if name.startswith(MLM_HEAD_PREFIX)))})."
+        )
+    return {name: found[name] for name in MLM_HEAD_REQUIRED}
+
+
+def _head_assignments(head, tensors):
+    """(variable, value) pairs: every weight of a tied `MaskedLMHead` with its checkpoint tensor."""
+    if head.output_projection is not None:
+        raise RuntimeError("A Hugging Face BERT head loads into a MaskedLMHead tied to the token embedding only.")
+    pairs = [
+        (head.transform.kernel, tensors["cls.predictions.transform.dense.weight"].T),
+        (head.transform.bias, tensors["cls.predictions.transform.dense.bias"]),
+        (head.transform_norm.gamma, tensors["cls.predictions.transform.LayerNorm.weight"]),
+        (head.transform_norm.beta, tensors["cls.predictions.transform.LayerNorm.bias"]),
+        (head.output_bias, tensors["cls.predictions.bias"]),
+    ]
+    assigned = {id(variable) for variable, _ in pairs} | {id(variable) for variable in head.token_embedding.weights}
+    left = [variable.path for variable in head.weights if id(variable) not in assigned]
+    if left:  # the head grew a weight this importer does not know about
+        raise RuntimeError(f"MaskedLMHead weights without a checkpoint tensor: {', '.join(left)}.")
     return [(variable, np.ascontiguousarray(value)) for variable, value in pairs]

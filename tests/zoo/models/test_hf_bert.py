@@ -3,7 +3,6 @@ numpy forward pass written from the paper's equations, sentence-similarity numbe
 errors a user meets with a broken or foreign checkpoint."""
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -21,6 +20,7 @@ import tokenizers  # noqa: E402
 from keras import ops  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
+from tests.zoo.models.bert_reference import reference_forward  # noqa: E402
 from zoo.data.tokenizer import load_tokenizer, save_tokenizer  # noqa: E402
 from zoo.models import hf_bert  # noqa: E402
 
@@ -120,48 +120,6 @@ def test_tokenizer_round_trips_through_save_tokenizer(imported, tmp_path):
 
 
 # -- the encoder -------------------------------------------------------------------------------
-
-
-def reference_forward(weights, config, token_ids, padding_mask):
-    """BERT in float64 numpy: embeddings + LayerNorm, then per layer post-norm self-attention
-    (padded keys masked) and an erf-GELU feed-forward network."""
-    weights = {name: value.astype(np.float64) for name, value in weights.items()}
-    eps = config["layer_norm_eps"]
-    heads = config["num_attention_heads"]
-    batch, length = token_ids.shape
-    head_dim = config["hidden_size"] // heads
-    erf = np.vectorize(math.erf)
-
-    def layer_norm(x, name):
-        mean = x.mean(-1, keepdims=True)
-        variance = ((x - mean) ** 2).mean(-1, keepdims=True)
-        return (x - mean) / np.sqrt(variance + eps) * weights[name + ".weight"] + weights[name + ".bias"]
-
-    def dense(x, name):
-        return x @ weights[name + ".weight"].T + weights[name + ".bias"]
-
-    def split_heads(x):
-        return x.reshape(batch, length, heads, head_dim).transpose(0, 2, 1, 3)
-
-    x = (
-        weights["embeddings.word_embeddings.weight"][token_ids]
-        + weights["embeddings.position_embeddings.weight"][:length]
-        + weights["embeddings.token_type_embeddings.weight"][0]
-    )
-    x = layer_norm(x, "embeddings.LayerNorm")
-    score_bias = np.where(padding_mask[:, None, None, :], 0.0, -1e30)
-    for index in range(config["num_hidden_layers"]):
-        prefix = f"encoder.layer.{index}."
-        q, k, v = (split_heads(dense(x, prefix + "attention.self." + name)) for name in ("query", "key", "value"))
-        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(head_dim) + score_bias
-        probabilities = np.exp(scores - scores.max(-1, keepdims=True))
-        probabilities /= probabilities.sum(-1, keepdims=True)
-        context = (probabilities @ v).transpose(0, 2, 1, 3).reshape(batch, length, -1)
-        x = layer_norm(x + dense(context, prefix + "attention.output.dense"), prefix + "attention.output.LayerNorm")
-        inner = dense(x, prefix + "intermediate.dense")
-        inner = 0.5 * inner * (1.0 + erf(inner / math.sqrt(2.0)))
-        x = layer_norm(x + dense(inner, prefix + "output.dense"), prefix + "output.LayerNorm")
-    return x
 
 
 def test_hidden_states_equal_a_numpy_bert(imported, checkpoint):
