@@ -18,6 +18,7 @@ setup(
         "pyyaml>=6,<7",
         "safetensors>=0.4,<1",
         "werkzeug>=3.0,<4",  # the TF-Serving-compatible HTTP server (zoo serve)
+        "pillow>=10,<14",  # confusion-matrix and trade-off plots (PNG) without matplotlib
     ],
     extras_require={
         # jax (CPU) runs the layer tests on a second backend: the zoo's layers must stay backend-agnostic.

@@ -4,7 +4,7 @@ Each recipe module registers itself on import; importing this package imports th
 `recipes.list()` is complete.
 """
 
-from recipes import bert_mlm, classifier, gpt_clm  # noqa: F401 - registers the recipes
+from recipes import bert_mlm, classifier, distill, gpt_clm, multitask  # noqa: F401 - registers the recipes
 from recipes.base import Recipe, RecipeConfig, load_checkpoint
 from recipes.registry import get, get_class, list_recipes, register, resolve_config
 

@@ -30,6 +30,10 @@ class ClassifierConfig(RecipeConfig):
     # Start the encoder from a checkpoint: a bert-mlm run/checkpoint directory or .keras file, or
     # a Hugging Face BERT: "minilm" (the all-MiniLM-L6-v2 package) or "hf:<directory>".
     init_from: str = ""
+    # Few-shot: train on only K labelled examples per class (a deterministic, nested sample:
+    # the 8 of K=8 are among the 32 of K=32); 0 uses every training example. Validation and
+    # test splits stay whole; a from-scratch tokenizer still learns from all the training text.
+    shots_per_class: int = 0
 
 
 def _classifier(preset, layers, hidden, heads, **kwargs):
@@ -133,6 +137,10 @@ class ClassifierRecipe(Recipe):
         results = []
         for split in splits:
             examples = self.examples(source, split)
+            if split == "train" and self.config.shots_per_class:
+                from zoo.evaluation import few_shot_examples
+
+                examples = few_shot_examples(examples, self.config.shots_per_class, self.config.seed)
             texts, labels = examples.texts, examples.labels
             if self.config.max_documents:
                 texts, labels = texts[: self.config.max_documents], labels[: self.config.max_documents]

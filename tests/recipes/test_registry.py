@@ -11,7 +11,7 @@ def test_registered_recipes():
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(KeyError, match="Registered recipes: bert-mlm, classifier, gpt-clm") as error:
+    with pytest.raises(KeyError, match="Registered recipes: bert-mlm, classifier, distill, gpt-clm, multitask") as error:
         recipes.get("gpt-cml")
     assert "Did you mean 'gpt-clm'" in str(error.value)
     with pytest.raises(KeyError, match="Valid presets: small, tiny"):

@@ -1,0 +1,175 @@
+"""`multitask`: one encoder trained on masked-LM and classification at once, optionally with PCGrad.
+
+The classification source (WordNet by default, or a local CSV/JSONL) feeds both tasks: every
+batch of labelled texts is also masked, BERT-style and afresh each time (dynamic masking), and
+the MLM head predicts the masked tokens while the classification head predicts the labels.
+"""
+
+import dataclasses
+
+import keras
+
+from recipes import pretrained
+from recipes.classifier import ClassifierConfig, ClassifierRecipe
+from recipes.registry import register
+from zoo.models import Encoder, MacroClassificationMetric, Perplexity
+from zoo.models.multitask import CLASSIFICATION_INPUTS, GRADIENT_SURGERIES, MultiTaskModel
+
+
+@dataclasses.dataclass(frozen=True)
+class MultitaskConfig(ClassifierConfig):
+    # Task balance: loss = mlm_weight * mlm_loss + classification_weight * classification_loss.
+    # A weight of 0 switches a task off (its head is frozen; its loss is still logged).
+    mlm_weight: float = 1.0
+    classification_weight: float = 1.0
+    gradient_surgery: str = "none"  # none | pcgrad (project away conflicting task gradients)
+    classification_input: str = "clean"  # clean (unmasked ids, 2nd encoder pass) | masked (the MLM's input)
+    # Masking, as in bert-mlm.
+    mask_selection_rate: float = 0.15
+    mask_token_rate: float = 0.8
+    random_token_rate: float = 0.1
+    max_predictions: int = 0  # prediction slots per text; 0: ceil(mask_selection_rate * (sequence_length - 2))
+
+
+def _multitask(preset, layers, hidden, heads, **kwargs):
+    return MultitaskConfig(
+        preset=preset, num_layers=layers, hidden_dim=hidden, num_heads=heads, intermediate_dim=4 * hidden, **kwargs
+    )
+
+
+PRESETS = {
+    "tiny": _multitask("tiny", 2, 128, 2),
+    "mini": _multitask("mini", 4, 256, 4),
+    "small": _multitask("small", 4, 512, 8),
+}
+
+
+@register("multitask")
+class MultitaskRecipe(ClassifierRecipe):
+    """Masked LM and classification on one shared encoder, from the same labelled texts.
+    Metrics per task: mlm_loss, mlm_accuracy, mlm_perplexity, classification_loss,
+    classification_accuracy and macro P/R/F1. `gradient_surgery=pcgrad` de-conflicts the tasks."""
+
+    config_class = MultitaskConfig
+    presets = PRESETS
+    # `zoo sweep multitask` without --grid: from MLM only to classification only.
+    sweep_grid = ("mlm_weight:classification_weight=1:0,1:0.25,1:1,0.25:1,0:1",)
+    sweep_axes = ("mlm_perplexity", "classification_accuracy")
+
+    def __init__(self, config):
+        if config.gradient_surgery not in GRADIENT_SURGERIES:
+            raise ValueError(
+                f"Unknown gradient_surgery {config.gradient_surgery!r}; expected one of {', '.join(GRADIENT_SURGERIES)}."
+            )
+        if config.classification_input not in CLASSIFICATION_INPUTS:
+            raise ValueError(
+                f"Unknown classification_input {config.classification_input!r}; "
+                f"expected one of {', '.join(CLASSIFICATION_INPUTS)}."
+            )
+        if min(config.mlm_weight, config.classification_weight) < 0 or max(config.mlm_weight, config.classification_weight) <= 0:
+            raise ValueError(
+                f"mlm_weight and classification_weight must be >= 0 and not both 0, got "
+                f"{config.mlm_weight} and {config.classification_weight}."
+            )
+        super().__init__(config)
+
+    @property
+    def loss_weights(self):
+        return {"mlm": self.config.mlm_weight, "classification": self.config.classification_weight}
+
+    def create_model(self):
+        c = self.config
+        if self._pretrained_encoder is not None:  # init_from: the bert-mlm's encoder, copied below
+            encoder = pretrained.fresh_encoder(self._pretrained_encoder)  # in the current dtype policy
+        else:
+            encoder = Encoder(
+                self.model_vocabulary_size, c.sequence_length, c.num_layers, c.hidden_dim, c.num_heads,
+                c.intermediate_dim, dropout=c.dropout, activation=c.activation, num_segments=c.num_segments,
+                layer_norm_epsilon=c.layer_norm_epsilon, name="encoder",
+            )
+        model = MultiTaskModel(
+            encoder, self.num_classes, pooling=c.pooling, dropout=c.classifier_dropout,
+            classification_input=c.classification_input, name="multitask",
+        )
+        if self._pretrained_encoder is not None:
+            encoder.set_weights(self._pretrained_encoder.get_weights())
+        return model
+
+    def compile_model(self, model, total_steps=None, jit_compile="auto"):
+        num_classes = model.num_classes
+        model.compile(
+            optimizer=self.make_optimizer(total_steps),
+            loss_weights=self.loss_weights,
+            gradient_surgery=self.config.gradient_surgery,
+            metrics={
+                "classification": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+                + [MacroClassificationMetric(num_classes, kind) for kind in MacroClassificationMetric.KINDS]
+            },
+            weighted_metrics={"mlm": [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), Perplexity()]},
+            jit_compile=jit_compile,
+        )
+
+    def datasets(self, source=None, batch_size=None, splits=("train", "validation"), repeat=False):
+        """Batches of `(x, y, sample_weight)`: x = {"token_ids" (masked), "padding_mask",
+        "mask_positions"[, "clean_token_ids"]}, y = {"mlm": ids at the masked positions,
+        "classification": labels}, sample_weight = {"mlm": mask weights, "classification": 1s}."""
+        classification = super().datasets(source, batch_size, splits, repeat)
+        return tuple(self._add_masking(dataset) for dataset in classification)
+
+    def _add_masking(self, dataset):
+        # tf.data work; it would sit in zoo/data/pipelines.py as `multitask_dataset` if shared.
+        import math
+
+        import keras_hub
+        import tensorflow as tf
+
+        c = self.config
+        tokenizer = self.tokenizer
+        max_predictions = c.max_predictions or max(1, math.ceil(c.mask_selection_rate * (c.sequence_length - 2)))
+        pad_id, cls_id, sep_id, mask_id = (tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
+        masker = keras_hub.layers.MaskedLMMaskGenerator(
+            vocabulary_size=tokenizer.vocabulary_size(), mask_selection_rate=c.mask_selection_rate,
+            mask_token_id=mask_id, mask_selection_length=max_predictions,
+            unselectable_token_ids=[pad_id, cls_id, sep_id, mask_id],
+            mask_token_rate=c.mask_token_rate, random_token_rate=c.random_token_rate,
+        )
+        clean_input = c.classification_input == "clean"
+
+        def mask(x, label):
+            masked = masker(x["token_ids"])
+            inputs = {
+                "token_ids": tf.cast(masked["token_ids"], tf.int32),
+                "padding_mask": x["padding_mask"],
+                "mask_positions": tf.cast(masked["mask_positions"], tf.int32),
+            }
+            if clean_input:
+                inputs["clean_token_ids"] = x["token_ids"]
+            targets = {"mlm": tf.cast(masked["mask_ids"], tf.int32), "classification": label}
+            weights = {"mlm": tf.cast(masked["mask_weights"], tf.float32), "classification": tf.ones_like(label, tf.float32)}
+            return inputs, targets, weights
+
+        return dataset.map(mask, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def export(self, model, path, **options):
+        """Exports the classification side (encoder + classification head) as a `classifier` SavedModel."""
+        from zoo.export import export_recipe
+
+        view = _ClassifierView(self)
+        return export_recipe(view, model.to_classifier() if isinstance(model, MultiTaskModel) else model, path, **options)
+
+
+class _ClassifierView:
+    """What `zoo.export.export_recipe` reads from a recipe, presenting a multitask/distill recipe
+    as the `classifier` whose signatures its model has; the metadata keeps the real config."""
+
+    name = "classifier"
+
+    def __init__(self, recipe):
+        self.tokenizer = recipe.tokenizer
+        self.label_names = recipe.label_names
+        self.config = recipe.config
+        self._recipe = recipe
+
+    def config_dict(self):
+        return self._recipe.config_dict()
+

@@ -1,0 +1,629 @@
+"""Evaluation beyond one accuracy: distribution shifts, per-class metrics, perplexity per source, few-shot curves.
+
+Classifiers:
+    `evaluate_classifier(model, recipe, sets)` scores a model on named labelled sets (the first
+    is the in-domain reference) and reports, per set, accuracy, macro and per-class
+    precision / recall / F1, the confusion matrix and the accuracy gap to the reference.
+    `shift_sets(texts, labels, seed)` builds the standard shifted copies of a test set (see
+    `SHIFTS`), `shift_report(model, recipe)` does both for a recipe's test split.
+Language models:
+    `evaluate_lm(model, recipe, sources)`: loss, perplexity and token accuracy per corpus, e.g.
+    the training corpus's held-out split against another corpus.
+Few-shot:
+    `few_shot_examples(examples, shots_per_class, seed)` picks K training examples per class;
+    `learning_curve(recipe, ...)` trains on K = 8, 32, 128 and all, from scratch and from a
+    pretrained checkpoint, with one step budget.
+Writers:
+    `write_report(report, directory)`: `report.json`, `report.md`, `confusion_<set>.png` and
+    TensorBoard scalars (`tb/`); or one at a time with `write_json`, `write_markdown`,
+    `write_confusion_png`, `write_tensorboard`.
+
+Reports are plain dicts of JSON types. Models are duck-typed: a `classifier` model, a
+`MultiTaskModel` (its classification side) or a `DistillationModel` (its student). The recipe
+supplies the tokenizer, `sequence_length`, `batch_size` and `label_names`.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from zoo.data import shifts
+from zoo.data.corpora import LabelledExamples, stable_hash
+
+# The built-in shifted copies of a test set: name -> what `shift_sets` does to it.
+SHIFTS = {
+    "in_domain": "the set itself (the reference of every gap)",
+    "char_noise_10": "typos on 10% of letters (`character_noise`, rate 0.1)",
+    "char_noise_30": "typos on 30% of letters (`character_noise`, rate 0.3)",
+    "word_dropout_20": "20% of words dropped (`word_dropout`, rate 0.2)",
+    "upper_case": "upper-cased",
+    "lower_case": "lower-cased",
+    "short": "the examples shorter than the median word count (a subset)",
+    "long": "the examples at or above the median word count (a subset)",
+}
+
+
+# -- classifiers -------------------------------------------------------------------------------
+
+
+def classification_model(model):
+    """The `{"token_ids", "padding_mask"}` -> logits model inside `model`."""
+    if hasattr(model, "to_classifier"):  # MultiTaskModel: its encoder and classification head
+        return model.to_classifier()
+    if hasattr(model, "student"):  # DistillationModel
+        return model.student
+    return model
+
+
+def predict_logits(model, recipe, texts, batch_size=None):
+    """Float32 logits `[len(texts), num_classes]`, texts tokenized as the recipe's pipeline does."""
+    from zoo.data.pipelines import classification_dataset
+
+    if recipe.tokenizer is None:
+        raise ValueError("recipe.tokenizer is not set: load it with the checkpoint (or call recipe.datasets()) first.")
+    texts = list(texts)
+    dataset = classification_dataset(
+        texts, [0] * len(texts), recipe.tokenizer, recipe.config.sequence_length,
+        batch_size or recipe.config.batch_size, shuffle=False,
+    )
+    return np.asarray(classification_model(model).predict(dataset.map(lambda x, y: x), verbose=0), dtype=np.float32)
+
+
+def classification_metrics(labels, predictions, label_names):
+    """Accuracy, macro and per-class precision / recall / F1 and the confusion matrix.
+
+    The confusion matrix is `[true class][predicted class]` counts. Macro averages leave out
+    classes that are neither present nor predicted (as `zoo.models.MacroClassificationMetric`);
+    a class never predicted has precision 0.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    num_classes = len(label_names)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    true_positives = np.diag(confusion).astype(np.float64)
+    predicted = confusion.sum(axis=0).astype(np.float64)
+    actual = confusion.sum(axis=1).astype(np.float64)
+    precision = np.divide(true_positives, predicted, out=np.zeros(num_classes), where=predicted > 0)
+    recall = np.divide(true_positives, actual, out=np.zeros(num_classes), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_classes), where=precision + recall > 0)
+    present = (predicted > 0) | (actual > 0)
+    count = max(int(present.sum()), 1)
+    return {
+        "num_examples": int(len(labels)),
+        "accuracy": float(true_positives.sum() / max(len(labels), 1)),
+        "macro_precision": float(precision[present].sum() / count),
+        "macro_recall": float(recall[present].sum() / count),
+        "macro_f1": float(f1[present].sum() / count),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(actual[i])}
+            for i, name in enumerate(label_names)
+        },
+        "confusion": confusion.tolist(),
+    }
+
+
+def evaluate_classifier(model, recipe, sets, batch_size=None, label_names=None):
+    """Scores a classifier on named labelled sets; the first set is the in-domain reference.
+
+    Args:
+        model: a classifier (or MultiTaskModel / DistillationModel, see `classification_model`).
+        recipe: the recipe that made it, with its tokenizer set (`sequence_length`,
+            `batch_size` and `label_names` come from it too).
+        sets: an ordered dict of name -> (texts, labels); empty sets are skipped.
+        label_names: defaults to `recipe.label_names`, else "0", "1", ...
+
+    Returns:
+        {"kind": "classification", "label_names": [...], "in_domain": <first set's name>,
+         "sets": {name: {num_examples, accuracy, macro_precision, macro_recall, macro_f1,
+                         per_class, confusion, accuracy_gap, macro_f1_gap}}},
+        with `accuracy_gap` = in-domain accuracy - this set's accuracy (0 for the reference;
+        positive when the shift hurts) and `macro_f1_gap` likewise.
+    """
+    sets = {name: (list(texts), list(labels)) for name, (texts, labels) in sets.items()}
+    if not sets:
+        raise ValueError("evaluate_classifier needs at least one set of (texts, labels).")
+    reference = next(iter(sets))
+    if not sets[reference][0]:
+        raise ValueError(f"The in-domain set {reference!r} is empty.")
+    classifier = classification_model(model)
+    names = list(label_names or getattr(recipe, "label_names", None) or [str(i) for i in range(classifier.output_shape[-1])])
+    report = {"kind": "classification", "label_names": names, "in_domain": reference, "sets": {}}
+    for name, (texts, labels) in sets.items():
+        if len(texts) != len(labels):
+            raise ValueError(f"Set {name!r} has {len(texts)} texts but {len(labels)} labels.")
+    # One prediction pass over all the sets together: one pipeline and one traced predict function.
+    all_texts = [text for texts, _ in sets.values() for text in texts]
+    predictions = predict_logits(classifier, recipe, all_texts, batch_size).argmax(axis=-1)
+    offset = 0
+    for name, (texts, labels) in sets.items():
+        if texts:
+            report["sets"][name] = classification_metrics(labels, predictions[offset : offset + len(texts)], names)
+        offset += len(texts)
+    base = report["sets"][reference]
+    for metrics in report["sets"].values():
+        metrics["accuracy_gap"] = base["accuracy"] - metrics["accuracy"]
+        metrics["macro_f1_gap"] = base["macro_f1"] - metrics["macro_f1"]
+    return report
+
+
+# The spec `shift_sets` uses when given none: one entry per `SHIFTS` name after in_domain.
+DEFAULT_SHIFTS = "char_noise=0.1,char_noise=0.3,word_dropout=0.2,case=upper,case=lower,length"
+SHIFT_KINDS = {
+    "char_noise": "typos at RATE per letter (default 0.1), set `char_noise_<percent>`",
+    "word_dropout": "each word dropped with probability RATE (default 0.2), set `word_dropout_<percent>`",
+    "case": "upper | lower | title | random (default upper), set `<mode>_case`",
+    "length": "split by word count at B1/B2/... (default: the median), sets `short`/`long` or `words<B1`, ...",
+}
+
+
+def parse_shifts(spec):
+    """`"char_noise=0.2,word_dropout,case=random,length=8/16"` -> [(kind, value), ...].
+
+    Each comma-separated item is `kind` or `kind=value`, kinds from `SHIFT_KINDS`; "all" (or an
+    empty spec) stands for `DEFAULT_SHIFTS`. Unknown kinds and bad values raise a ValueError
+    that lists the valid ones.
+    """
+    if isinstance(spec, (list, tuple)):
+        spec = ",".join(spec)
+    spec = (spec or "all").strip()
+    if spec == "all":
+        spec = DEFAULT_SHIFTS
+    parsed = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        if item == "all":
+            parsed.extend(parse_shifts(DEFAULT_SHIFTS))
+            continue
+        kind, _, value = item.partition("=")
+        kind, value = kind.strip(), value.strip()
+        if kind not in SHIFT_KINDS:
+            valid = "; ".join(f"{name}: {text}" for name, text in SHIFT_KINDS.items())
+            raise ValueError(f"Unknown shift {kind!r}. Valid shifts (comma-separated, KIND or KIND=VALUE, or all): {valid}.")
+        try:
+            if kind in ("char_noise", "word_dropout"):
+                rate = float(value) if value else (0.1 if kind == "char_noise" else 0.2)
+                if not 0.0 <= rate <= 1.0:
+                    raise ValueError(f"rate must be in [0, 1], got {rate}")
+                parsed.append((kind, rate))
+            elif kind == "case":
+                mode = value or "upper"
+                if mode not in shifts.CASE_MODES:
+                    raise ValueError(f"mode must be one of {', '.join(shifts.CASE_MODES)}, got {mode!r}")
+                parsed.append((kind, mode))
+            else:
+                parsed.append((kind, [int(b) for b in value.split("/")] if value else None))
+        except ValueError as error:
+            raise ValueError(f"Bad shift {item!r}: {error}.") from None
+    return parsed
+
+
+def shift_sets(texts, labels, seed=0, spec=None):
+    """The in-domain set and shifted copies of it, as an ordered dict name -> (texts, labels).
+
+    `spec` says which shifts (see `parse_shifts`); the default gives the sets of `SHIFTS`. The
+    corruptions are deterministic for `seed` (see `zoo.data.shifts`).
+    """
+    texts, labels = list(texts), list(labels)
+    sets = {"in_domain": (texts, labels)}
+    for kind, value in parse_shifts(spec):
+        if kind == "char_noise":
+            sets[f"char_noise_{value * 100:g}"] = (shifts.character_noise(texts, value, seed), labels)
+        elif kind == "word_dropout":
+            sets[f"word_dropout_{value * 100:g}"] = (shifts.word_dropout(texts, value, seed), labels)
+        elif kind == "case":
+            sets[f"{value}_case"] = (shifts.change_case(texts, value, seed), labels)
+        elif texts:
+            sets.update(shifts.length_buckets(texts, labels, value))
+    return sets
+
+
+def shift_report(model, recipe, source=None, split="test", seed=0, max_examples=0, batch_size=None, spec=None):
+    """`evaluate_classifier` on `shift_sets` of a split of the recipe's classification source.
+
+    `recipe` is a classifier-like recipe (`classifier`, `multitask`, `distill`) with its
+    tokenizer and label names set, e.g. from `recipes.load_checkpoint`.
+    """
+    examples = recipe.examples(source, split)
+    texts, labels = examples.texts, examples.labels
+    if max_examples:
+        texts, labels = texts[:max_examples], labels[:max_examples]
+    report = evaluate_classifier(model, recipe, shift_sets(texts, labels, seed, spec), batch_size=batch_size)
+    report.update(source=source or recipe.config.data, split=split, seed=seed)
+    return report
+
+
+# -- language models ---------------------------------------------------------------------------
+
+
+def evaluate_lm(model, recipe, sources, split="test", steps=0, batch_size=None):
+    """Loss, perplexity and token accuracy of a language model on each source's `split`.
+
+    Every source is tokenized with the recipe's tokenizer (the model's own; it must be set,
+    never retrained on the new source) and batched by the recipe's pipeline. The first source
+    is the reference: `perplexity_ratio` = perplexity / the first source's perplexity.
+
+    Args:
+        model: a `gpt-clm` / `bert-mlm` model (compiled here by the recipe).
+        recipe: its recipe, tokenizer set.
+        sources: LM sources, e.g. ["stdlib", "python-docs"] or local paths.
+        steps: evaluate at most this many batches per source (0: the whole split).
+
+    Returns:
+        {"kind": "language_model", "in_domain": sources[0], "split": split,
+         "sources": {source: {loss, perplexity, accuracy, perplexity_ratio}}}.
+    """
+    if recipe.tokenizer is None:
+        raise ValueError("recipe.tokenizer is not set: evaluate with the model's own tokenizer (from its checkpoint).")
+    sources = list(sources)
+    if not sources:
+        raise ValueError("evaluate_lm needs at least one source.")
+    recipe.compile_model(model)  # the recipe's loss and metrics (perplexity), whatever the model was compiled with
+    report = {"kind": "language_model", "in_domain": sources[0], "split": split, "sources": {}}
+    for source in sources:
+        (dataset,) = recipe.datasets(source, batch_size=batch_size, splits=(split,))
+        if steps:
+            dataset = dataset.take(steps)
+        metrics = model.evaluate(dataset, return_dict=True, verbose=0)
+        report["sources"][source] = {
+            "loss": float(metrics["loss"]),
+            "perplexity": float(metrics.get("perplexity", np.exp(metrics["loss"]))),
+            "accuracy": float(metrics.get("accuracy", float("nan"))),
+        }
+    reference = report["sources"][sources[0]]["perplexity"]
+    for metrics in report["sources"].values():
+        metrics["perplexity_ratio"] = metrics["perplexity"] / reference
+    return report
+
+
+# -- few-shot ----------------------------------------------------------------------------------
+
+
+def few_shot_examples(examples, shots_per_class, seed=0):
+    """K examples per class, chosen deterministically: the same (examples, K, seed) give the same subset.
+
+    Within each class the examples are ranked by a stable hash of (seed, text) and the first K
+    kept, so the subsets are nested: the 8 examples of K=8 are among the 32 of K=32 (same seed).
+    The result is ordered by hash too, which interleaves the classes.
+
+    Args:
+        examples: `LabelledExamples` (texts, labels, label_names).
+        shots_per_class: K; None or 0 keeps every example.
+        seed: an integer.
+
+    Raises:
+        ValueError: when a class has fewer than K examples.
+    """
+    if not shots_per_class:
+        return LabelledExamples(list(examples.texts), list(examples.labels), list(examples.label_names))
+    shots_per_class = int(shots_per_class)
+    if shots_per_class < 0:
+        raise ValueError(f"shots_per_class must be >= 0, got {shots_per_class}.")
+    by_class = {}
+    for text, label in zip(examples.texts, examples.labels):
+        by_class.setdefault(int(label), []).append(text)
+    chosen = []
+    for label_id, name in enumerate(examples.label_names):
+        texts = by_class.get(label_id, [])
+        if len(texts) < shots_per_class:
+            raise ValueError(
+                f"Class {name!r} has {len(texts)} examples, fewer than shots_per_class={shots_per_class}."
+            )
+        ranked = sorted(texts, key=lambda text: (stable_hash(f"{seed}\x00{text}"), text))
+        chosen.extend((stable_hash(f"{seed}\x00{text}"), text, label_id) for text in ranked[:shots_per_class])
+    chosen.sort()
+    return LabelledExamples([t for _, t, _ in chosen], [label for _, _, label in chosen], list(examples.label_names))
+
+
+def learning_curve(
+    recipe,
+    shots=(8, 32, 128, None),
+    pretrained=None,
+    source=None,
+    steps=300,
+    batch_size=None,
+    split="test",
+    seed=None,
+    max_eval_examples=0,
+    jit_compile="auto",
+):
+    """Test accuracy after training on K examples per class, from scratch and from a pretrained encoder.
+
+    Every run trains `steps` optimiser steps (the same budget for every K: a small K is
+    repeated for many epochs) on `few_shot_examples(train split, K, seed)`, from the same
+    seed, then is scored on `split`. "scratch" uses `recipe` as it is, without `init_from`
+    (its tokenizer is trained on the whole training split's text, labels unused);
+    "pretrained" uses the same config with `init_from=pretrained` (that checkpoint's
+    encoder and tokenizer; the config's shape must match it).
+
+    Args:
+        recipe: a `classifier` recipe (any recipe with `examples()` and an `init_from` field).
+        shots: the K values; None means all training examples.
+        pretrained: a bert-mlm checkpoint; None gives only the "scratch" rows.
+        max_eval_examples: score on the first N examples of `split` only (0: all).
+
+    Returns:
+        A list of rows {"init", "shots_per_class" (an int or "all"), "train_examples", "steps",
+        "accuracy", "macro_f1"}: for each init, one per K, in the order given.
+    """
+    seed = recipe.config.seed if seed is None else seed
+    base = dataclasses.replace(recipe.config, seed=seed, init_from="")
+    inits = [("scratch", base)]
+    if pretrained:
+        inits.append(("pretrained", dataclasses.replace(base, init_from=str(pretrained))))
+    rows = []
+    for init, config in inits:
+        evaluation = type(recipe)(config).examples(source, split)
+        eval_texts, eval_labels = evaluation.texts, evaluation.labels
+        if max_eval_examples:
+            eval_texts, eval_labels = eval_texts[:max_eval_examples], eval_labels[:max_eval_examples]
+        for k in shots:
+            # The recipe's own pipeline with `shots_per_class=K`: what `zoo train --shots-per-class K` trains on.
+            run = type(recipe)(dataclasses.replace(config, shots_per_class=int(k or 0)))
+            (dataset,) = run.datasets(source, batch_size=batch_size, splits=("train",), repeat=True)
+            train_examples = len(few_shot_examples(run.examples(source, "train"), k, seed))
+            model = run.build_model(total_steps=steps, jit_compile=jit_compile)
+            model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+            scores = evaluate_classifier(model, run, {split: (eval_texts, eval_labels)}, batch_size=batch_size)["sets"][split]
+            rows.append({
+                "init": init,
+                "shots_per_class": int(k) if k else "all",
+                "train_examples": train_examples,
+                "steps": int(steps),
+                "accuracy": scores["accuracy"],
+                "macro_f1": scores["macro_f1"],
+            })
+    return rows
+
+
+def learning_curve_png_bytes(rows, title="few-shot learning curve"):
+    """A PNG (bytes) of accuracy against training examples per class (log scale), one line per init."""
+    points = {}
+    for row in rows:
+        shots = row["shots_per_class"]
+        count = shots if shots != "all" else None
+        points.setdefault(row["init"], []).append((count, row["train_examples"], row["accuracy"], str(shots)))
+    # "all" sits at the right edge: its x is the largest per-class count seen, times 4.
+    finite = [c for series in points.values() for c, *_ in series if c]
+    right = max(finite) * 4 if finite else 1
+    series = {init: [((c or right), accuracy, label) for c, _, accuracy, label in values] for init, values in points.items()}
+    return line_plot_png_bytes(series, "examples per class (log scale)", "test accuracy", title, log_x=True)
+
+
+# -- writers -----------------------------------------------------------------------------------
+
+
+def _fmt(value, digits=4):
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown_report(report):
+    """A report (classification, language model, or learning-curve rows) as markdown tables."""
+    if isinstance(report, list):  # learning_curve rows
+        lines = ["| init | shots/class | train examples | steps | accuracy | macro F1 |", "|---|---:|---:|---:|---:|---:|"]
+        for row in report:
+            lines.append(
+                f"| {row['init']} | {row['shots_per_class']} | {row['train_examples']} | {row['steps']} "
+                f"| {_fmt(row['accuracy'])} | {_fmt(row['macro_f1'])} |"
+            )
+        return "\n".join(lines) + "\n"
+    if report.get("kind") == "language_model":
+        lines = [
+            f"Language model, split `{report['split']}` (reference: `{report['in_domain']}`)", "",
+            "| source | perplexity | x reference | loss | token accuracy |", "|---|---:|---:|---:|---:|",
+        ]
+        for source, m in report["sources"].items():
+            lines.append(f"| {source} | {m['perplexity']:.2f} | {m['perplexity_ratio']:.2f} | {m['loss']:.4f} | {m['accuracy']:.4f} |")
+        return "\n".join(lines) + "\n"
+    reference = report["in_domain"]
+    lines = [
+        f"Classifier under distribution shift (reference: `{reference}`)", "",
+        "| set | examples | accuracy | gap | macro F1 | F1 gap |", "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in report["sets"].items():
+        lines.append(
+            f"| {name} | {m['num_examples']} | {m['accuracy']:.4f} | {m['accuracy_gap']:+.4f} "
+            f"| {m['macro_f1']:.4f} | {m['macro_f1_gap']:+.4f} |"
+        )
+    base = report["sets"][reference]
+    lines += ["", f"Per class (`{reference}`)", "", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    for name, m in base["per_class"].items():
+        lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+    names = report["label_names"]
+    lines += ["", f"Confusion matrix (`{reference}`; rows: true, columns: predicted)", ""]
+    lines.append("| true \\ predicted | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---:|" * len(names))
+    for name, row in zip(names, base["confusion"]):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(report, path):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def write_markdown(report, path):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(markdown_report(report))
+    return path
+
+
+def confusion_png_bytes(confusion, label_names, title=""):
+    """A PNG (bytes) of a confusion matrix: rows true, columns predicted, shaded by row share, counts printed."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    confusion = np.asarray(confusion, dtype=np.int64)
+    count = len(label_names)
+    cell, font = 56, ImageFont.load_default(size=14)
+    small = ImageFont.load_default(size=12)
+    label_width = max([int(font.getlength(f"{i}  {name}")) for i, name in enumerate(label_names)] + [60]) + 16
+    top = 64
+    width, height = label_width + count * cell + 16, top + count * cell + 36
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 6), title or "confusion matrix", fill="black", font=font)
+    draw.text((label_width, 30), "predicted (column = class index)", fill="dimgray", font=small)
+    rows = confusion.sum(axis=1, keepdims=True)
+    shares = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
+    for j in range(count):
+        draw.text((label_width + j * cell + cell // 2 - 4, top - 18), str(j), fill="black", font=small)
+    for i, name in enumerate(label_names):
+        y = top + i * cell
+        draw.text((8, y + cell // 2 - 8), f"{i}  {name}", fill="black", font=font)
+        for j in range(count):
+            x = label_width + j * cell
+            shade = int(255 * (1.0 - shares[i, j]))
+            fill = (shade, shade, 255) if i == j else (255, shade, shade)
+            draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=fill, outline="gray")
+            text = str(int(confusion[i, j]))
+            colour = "white" if shares[i, j] > 0.6 else "black"
+            draw.text((x + (cell - font.getlength(text)) / 2, y + cell // 2 - 8), text, fill=colour, font=font)
+    draw.text((8, height - 24), "rows: true class; blue: correct, red: errors; shade = share of the row", fill="dimgray", font=small)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def line_plot_png_bytes(series, xlabel, ylabel, title="", log_x=False, size=(640, 420)):
+    """A PNG (bytes) line plot drawn with Pillow: one line per series, points labelled.
+
+    Args:
+        series: {name: [(x, y, point_label), ...]} (the point label may be "" ); points are
+            joined in the order given.
+        xlabel, ylabel, title: axis labels and title.
+        log_x: a logarithmic x axis (x must be > 0).
+    """
+    import io
+    import math
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=11)
+    points = [(float(x), float(y)) for values in series.values() for x, y, *_ in values]
+    if not points:
+        raise ValueError("line_plot_png_bytes needs at least one point.")
+    if log_x and min(x for x, _ in points) <= 0:
+        raise ValueError("A logarithmic x axis needs x > 0.")
+    fx = (lambda x: math.log10(x)) if log_x else (lambda x: x)
+    xs, ys = [fx(x) for x, _ in points], [y for _, y in points]
+    x_low, x_high = min(xs), max(xs)
+    y_low, y_high = min(ys), max(ys)
+    if x_high == x_low:
+        x_low, x_high = x_low - 1, x_high + 1
+    x_pad = (x_high - x_low) * 0.06
+    x_low, x_high = x_low - x_pad, x_high + x_pad
+    margin = (y_high - y_low) * 0.08 or max(abs(y_high) * 0.05, 0.01)
+    y_low, y_high = y_low - margin, y_high + margin
+    width, height = size
+    left, right, top, bottom = 70, 160, 40, 56
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def to_pixel(x, y):
+        px = left + (fx(x) - x_low) / (x_high - x_low) * plot_w
+        py = top + (1 - (y - y_low) / (y_high - y_low)) * plot_h
+        return px, py
+
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 10), title, fill="black", font=font)
+    for i in range(5):  # y grid and tick labels
+        value = y_low + (y_high - y_low) * i / 4
+        _, py = to_pixel(10 ** x_low if log_x else x_low, value)
+        draw.line([left, py, left + plot_w, py], fill=(225, 225, 225))
+        draw.text((6, py - 7), f"{value:.3g}", fill="black", font=small)
+    if log_x:
+        ticks = [10 ** e for e in range(math.floor(x_low), math.ceil(x_high) + 1) if x_low <= e <= x_high]
+    else:
+        ticks = [x_low + (x_high - x_low) * i / 4 for i in range(5)]
+    for tick in ticks:
+        px, _ = to_pixel(tick, y_low)
+        draw.line([px, top, px, top + plot_h], fill=(225, 225, 225))
+        draw.text((px - 10, top + plot_h + 6), f"{tick:.3g}", fill="black", font=small)
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
+    draw.text((left + plot_w / 2 - font.getlength(xlabel) / 2, height - 24), xlabel, fill="black", font=font)
+    draw.text((6, top - 30 + 10), ylabel, fill="dimgray", font=small)
+    colours = ["royalblue", "darkorange", "seagreen", "crimson", "purple", "saddlebrown"]
+    for index, (name, values) in enumerate(series.items()):
+        colour = colours[index % len(colours)]
+        pixels = [to_pixel(x, y) for x, y, *_ in values]
+        if len(pixels) > 1:
+            draw.line(pixels, fill=colour, width=2)
+        labels = [value[2] if len(value) > 2 else "" for value in values]
+        for (px, py), label in zip(pixels, labels):
+            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
+            if label:
+                draw.text((px + 5, py - 16), str(label), fill=colour, font=small)
+        legend_y = top + 8 + index * 20
+        draw.line([width - right + 12, legend_y + 7, width - right + 32, legend_y + 7], fill=colour, width=3)
+        draw.text((width - right + 38, legend_y), str(name), fill="black", font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_confusion_png(confusion, label_names, path, title=""):
+    """Writes `confusion_png_bytes` to `path` (Pillow, no matplotlib)."""
+    with open(path, "wb") as f:
+        f.write(confusion_png_bytes(confusion, label_names, title))
+    return path
+
+
+def _file_name(name):
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def write_tensorboard(report, logdir, step=0):
+    """Scalars (and confusion-matrix images, and the markdown table as text) for TensorBoard in `logdir`.
+
+    Classification: `shift/<set>/accuracy`, `shift/<set>/accuracy_gap`, `shift/<set>/macro_f1`,
+    images `confusion/<set>`. Language model: `lm/<source>/perplexity`, `lm/<source>/loss`.
+    Learning-curve rows: `few_shot/<init>/accuracy` with step = shots per class (all: the
+    number of training examples).
+    """
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        if isinstance(report, list):
+            for row in report:
+                shots = row["shots_per_class"] if row["shots_per_class"] != "all" else row["train_examples"]
+                tf.summary.scalar(f"few_shot/{row['init']}/accuracy", row["accuracy"], step=int(shots))
+                tf.summary.scalar(f"few_shot/{row['init']}/macro_f1", row["macro_f1"], step=int(shots))
+        elif report.get("kind") == "language_model":
+            for source, m in report["sources"].items():
+                tf.summary.scalar(f"lm/{source}/perplexity", m["perplexity"], step=step)
+                tf.summary.scalar(f"lm/{source}/loss", m["loss"], step=step)
+        else:
+            for name, m in report["sets"].items():
+                tf.summary.scalar(f"shift/{name}/accuracy", m["accuracy"], step=step)
+                tf.summary.scalar(f"shift/{name}/accuracy_gap", m["accuracy_gap"], step=step)
+                tf.summary.scalar(f"shift/{name}/macro_f1", m["macro_f1"], step=step)
+                png = confusion_png_bytes(m["confusion"], report["label_names"], title=name)
+                tf.summary.image(f"confusion/{name}", tf.image.decode_png(png)[None], step=step)
+        tf.summary.text("report", markdown_report(report), step=step)
+    writer.flush()
+    writer.close()
+    return logdir
+
+
+def write_report(report, directory, step=0, tensorboard=True):
+    """Writes report.json, report.md, confusion_<set>.png (classification) and tb/ into `directory`; returns the paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = {
+        "json": write_json(report, os.path.join(directory, "report.json")),
+        "markdown": write_markdown(report, os.path.join(directory, "report.md")),
+    }
+    if isinstance(report, dict) and report.get("kind") == "classification":
+        for name, m in report["sets"].items():
+            paths[f"confusion_{name}"] = write_confusion_png(
+                m["confusion"], report["label_names"], os.path.join(directory, f"confusion_{_file_name(name)}.png"), title=name
+            )
+    if tensorboard:
+        paths["tensorboard"] = write_tensorboard(report, os.path.join(directory, "tb"), step=step)
+    return paths
