@@ -1,4 +1,4 @@
-"""The `zoo` command line: list, train, evaluate, export, predict, fill-mask, generate, serve."""
+"""The `zoo` command line: list, train, evaluate, sweep, learning-curve, export, predict, fill-mask, generate, serve."""
 
 import argparse
 import dataclasses
@@ -33,6 +33,11 @@ def _coerce(recipe_class, key, value, raw):
         return value
     if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     raise UsageError(f"{key} expects {expected.__name__}, got {raw!r}.")
 
 
@@ -87,21 +92,10 @@ def _print_metrics(metrics):
         print(f"{key:<{width}}  {float(value):.4f}")
 
 
-def _cmd_train(args):
-    import recipes
-    from trainers.quiet import filtered_native_stderr
-    from trainers.strategy import get_strategy
-    from trainers.trainer import Trainer, TrainOptions
+def _train_options(args):
+    from trainers.trainer import TrainOptions
 
-    recipe_class = recipes.get_class(args.recipe)
-    overrides = parse_overrides(recipe_class, args.config, args.set or ())
-    for key, value in (("batch_size", args.batch_size), ("sequence_length", args.seq_len), ("init_from", args.init_from)):
-        if value is not None:
-            overrides[key] = value
-    preset = overrides.pop("preset", None) or args.preset
-    recipe = recipes.get(args.recipe, preset=preset, **overrides)
-    run_dir = args.run_dir or os.path.join("runs", f"{args.recipe}-{recipe.config.preset}")
-    options = TrainOptions(
+    return TrainOptions(
         epochs=1 if args.steps else (args.epochs or 1),
         steps_per_epoch=args.steps or 0,
         strategy=args.strategy,
@@ -112,10 +106,35 @@ def _cmd_train(args):
         write_graph=args.tensorboard_graph,
         verbose=args.verbose,
     )
+
+
+def _recipe_overrides(args, recipe_class):
+    """Config overrides from --config, --set and the dedicated flags of `train`-like commands."""
+    overrides = parse_overrides(recipe_class, args.config, args.set or ())
+    for key, value in (
+        ("batch_size", args.batch_size), ("sequence_length", args.seq_len), ("init_from", args.init_from),
+        ("shots_per_class", args.shots_per_class), ("data", args.data),
+    ):
+        if value is not None:
+            overrides[key] = value  # `data` too: config.json records the source, and evaluate reads it
+    return overrides
+
+
+def _cmd_train(args):
+    import recipes
+    from trainers.quiet import filtered_native_stderr
+    from trainers.strategy import get_strategy
+    from trainers.trainer import Trainer
+
+    overrides = _recipe_overrides(args, recipes.get_class(args.recipe))
+    preset = overrides.pop("preset", None) or args.preset
+    recipe = recipes.get(args.recipe, preset=preset, **overrides)
+    run_dir = args.run_dir or os.path.join("runs", f"{args.recipe}-{recipe.config.preset}")
+    options = _train_options(args)
     # The strategy comes first: a multi-worker strategy must exist before any other TF op.
     with filtered_native_stderr():
         strategy = get_strategy(args.strategy)
-    result = Trainer(recipe, run_dir, data=args.data, options=options, strategy=strategy).train()
+    result = Trainer(recipe, run_dir, options=options, strategy=strategy).train()
     final = {k: v[-1] for k, v in result.history.items()}
     if final:
         print(f"\nFinished step {result.final_step} (resumed from {result.resumed_from_step}). Final metrics:")
@@ -130,7 +149,7 @@ def _cmd_train(args):
 
 def _cmd_evaluate(args):
     from trainers.quiet import filtered_native_stderr
-    from trainers.trainer import evaluate_run
+    from trainers.trainer import evaluate_run, load_run
 
     if not os.path.exists(args.run_dir):
         raise UsageError(f"Run directory {args.run_dir!r} does not exist.")
@@ -138,8 +157,76 @@ def _cmd_evaluate(args):
         import tensorflow as tf
 
         tf.config.list_physical_devices()
-    metrics = evaluate_run(args.run_dir, data=args.data, split=args.split, steps=args.steps)
-    _print_metrics(metrics)
+    data = args.data or []
+    if len(data) <= 1 and args.shifts is None and not args.report_dir:
+        metrics = evaluate_run(args.run_dir, data=data[0] if data else None, split=args.split, steps=args.steps)
+        _print_metrics(metrics)
+        return 0
+    from trainers.reports import evaluation_report
+    from zoo.evaluation import markdown_report, write_report
+
+    report = evaluation_report(
+        args.run_dir, data, split=args.split, shifts=args.shifts, steps=args.steps, seed=args.seed,
+        max_examples=args.max_examples, loaded=load_run(args.run_dir),
+    )
+    if "model_metrics" in report:
+        _print_metrics(report["model_metrics"])
+        print()
+    print(markdown_report(report))
+    directory = args.report_dir or os.path.join(args.run_dir, "evaluation", args.split)
+    with filtered_native_stderr():
+        paths = write_report(report, directory)
+    print(f"Report: {paths['markdown']}, {paths['json']}; TensorBoard: tensorboard --logdir {paths['tensorboard']}")
+    return 0
+
+
+def _cmd_sweep(args):
+    import recipes
+    from trainers.quiet import filtered_native_stderr
+    from trainers.reports import parse_grid, run_sweep
+    from trainers.strategy import get_strategy
+
+    recipe_class = recipes.get_class(args.recipe)
+    grid = args.grid or getattr(recipe_class, "sweep_grid", None)
+    if not grid:
+        raise UsageError(f"{args.recipe} has no default grid: give one or more --grid KEY=V1,V2,...")
+    points = parse_grid(recipe_class, grid)
+    overrides = _recipe_overrides(args, recipe_class)
+    preset = overrides.pop("preset", None) or args.preset
+    recipes.get(args.recipe, preset=preset, **overrides)  # bad overrides fail before any training
+    options = _train_options(args)
+    with filtered_native_stderr():
+        strategy = get_strategy(args.strategy)
+    out = args.out or os.path.join("runs", f"sweep-{args.recipe}")
+    print(f"Sweep of {args.recipe}: {len(points)} runs under {out}/runs/")
+    rows, paths = run_sweep(
+        args.recipe, points, out, preset=preset, overrides=overrides, options=options,
+        strategy=strategy, split=args.split, x=args.x, y=args.y, eval_steps=args.eval_steps,
+    )
+    with open(paths["md"]) as f:
+        print("\n" + f.read())
+    print(f"Trade-off: {paths['md']}, {paths['csv']}, {paths['png']}")
+    return 0
+
+
+def _cmd_learning_curve(args):
+    import recipes
+    from trainers.reports import parse_shots, run_learning_curve
+    from zoo.evaluation import markdown_report
+
+    recipe_class = recipes.get_class(args.recipe)
+    if not hasattr(recipe_class, "examples"):
+        raise UsageError(f"learning-curve needs a classification recipe (classifier, multitask, distill), not {args.recipe!r}.")
+    overrides = _recipe_overrides(args, recipe_class)
+    preset = overrides.pop("preset", None) or args.preset
+    recipe = recipes.get(args.recipe, preset=preset, **overrides)
+    out = args.out or os.path.join("runs", f"learning-curve-{args.recipe}")
+    rows, paths = run_learning_curve(
+        recipe, out, parse_shots(args.shots), pretrained=args.pretrained, steps=args.steps,
+        max_eval_examples=args.max_examples, jit_compile=not args.no_xla,
+    )
+    print(markdown_report(rows))
+    print(f"Learning curve: {paths['markdown']}, {paths['png']}; TensorBoard: tensorboard --logdir {paths['tensorboard']}")
     return 0
 
 
@@ -188,6 +275,36 @@ def _cmd_serve(args):
 # -- parser ----------------------------------------------------------------------------------
 
 
+def _add_recipe_arguments(parser):
+    parser.add_argument("--preset", help="a preset of the recipe (default: its default preset)")
+    parser.add_argument("--data", help="a built-in source (stdlib, python-docs, fortunes, wordnet) or a local path")
+    parser.add_argument("--batch-size", type=int, help="global batch size (split over replicas)")
+    parser.add_argument("--seq-len", type=int, help="sequence length")
+    parser.add_argument("--config", help="a JSON or YAML file of config overrides")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field (repeatable)")
+
+
+def _add_training_arguments(parser):
+    _add_recipe_arguments(parser)
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="number of epochs (an epoch is the recipe's steps_per_epoch)")
+    length.add_argument("--steps", type=int, help="train this many steps in total (one epoch)")
+    parser.add_argument("--strategy", default="auto", choices=STRATEGY_CHOICES, help="tf.distribute strategy (default: auto)")
+    parser.add_argument(
+        "--init-from", help="classifier, multitask, bert-mlm: start from a checkpoint (a bert-mlm run, minilm or hf:<dir>)"
+    )
+    parser.add_argument(
+        "--shots-per-class", type=int, metavar="K",
+        help="classification recipes: train on K examples per class (a deterministic sample; 0: all)",
+    )
+    parser.add_argument("--no-xla", action="store_true", help="turn XLA compilation off")
+    parser.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"], help="mixed precision policy")
+    parser.add_argument("--log-every", type=int, default=10, help="TensorBoard scalars every N steps (default 10)")
+    parser.add_argument("--backup-every", type=int, default=50, help="step backups every N steps (default 50)")
+    parser.add_argument("--tensorboard-graph", action="store_true", help="also write the model graph to TensorBoard")
+    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="zoo", description="Train, evaluate and export transformer recipes.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -202,32 +319,70 @@ def build_parser():
         "resumes from the last step backup.",
     )
     train.add_argument("recipe", help="a registered recipe (see `zoo list`)")
-    train.add_argument("--preset", help="a preset of the recipe (default: its default preset)")
-    train.add_argument("--data", help="a built-in source (stdlib, python-docs, fortunes, wordnet) or a local path")
-    length = train.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, help="number of epochs (an epoch is the recipe's steps_per_epoch)")
-    length.add_argument("--steps", type=int, help="train this many steps in total (one epoch)")
-    train.add_argument("--batch-size", type=int, help="global batch size (split over replicas)")
-    train.add_argument("--seq-len", type=int, help="sequence length")
-    train.add_argument("--strategy", default="auto", choices=STRATEGY_CHOICES, help="tf.distribute strategy (default: auto)")
     train.add_argument("--run-dir", help="run directory (default: runs/<recipe>-<preset>)")
-    train.add_argument("--config", help="a JSON or YAML file of config overrides")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field (repeatable)")
-    train.add_argument("--init-from", help="classifier: start the encoder from a bert-mlm checkpoint")
-    train.add_argument("--no-xla", action="store_true", help="turn XLA compilation off")
-    train.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"], help="mixed precision policy")
-    train.add_argument("--log-every", type=int, default=10, help="TensorBoard scalars every N steps (default 10)")
-    train.add_argument("--backup-every", type=int, default=50, help="step backups every N steps (default 50)")
-    train.add_argument("--tensorboard-graph", action="store_true", help="also write the model graph to TensorBoard")
-    train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
+    _add_training_arguments(train)
     train.set_defaults(handler=_cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a run's best checkpoint; prints JSON and a table")
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a run's best checkpoint; prints JSON and a table",
+        description="Evaluate a run's best (else last) checkpoint. With one source: the recipe's metrics as JSON "
+        "and a table. With several --data (the first is the in-domain reference), --shifts or --report-dir: a "
+        "report per set with the gap to the reference (classifiers: per-class precision/recall/F1 and a "
+        "confusion matrix; language models: perplexity), written as markdown, JSON, PNG and TensorBoard.",
+    )
     evaluate.add_argument("run_dir", help="a run directory (or checkpoint directory)")
-    evaluate.add_argument("--data", help="evaluate on another source (default: the run's own)")
+    evaluate.add_argument(
+        "--data", action="append", metavar="SOURCE",
+        help="evaluate on this source (repeatable; the first is the in-domain reference; default: the run's own)",
+    )
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"], help="default: test")
     evaluate.add_argument("--steps", type=int, default=0, help="evaluate only this many batches (0: all)")
+    evaluate.add_argument(
+        "--shifts", nargs="?", const="all", metavar="SPEC",
+        help="classifiers: also score shifted copies of the first source. SPEC: comma-separated char_noise[=RATE], "
+        "word_dropout[=RATE], case[=upper|lower|title|random], length[=B1/B2...] or all (the default when "
+        "--shifts is given alone)",
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the shift corruptions (default 0)")
+    evaluate.add_argument("--max-examples", type=int, default=0, help="classifiers: at most N examples per source (0: all)")
+    evaluate.add_argument("--report-dir", help="where the report goes (default: RUN_DIR/evaluation/<split>)")
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    sweep = commands.add_parser(
+        "sweep", help="train a grid of configs and write the trade-off table and plot",
+        description="Train one run per point of a config grid (re-running resumes), evaluate each and write "
+        "sweep.md, sweep.csv, sweep.json and sweep.png into --out. `zoo sweep multitask` defaults to loss "
+        "weights from MLM-only to classification-only (MLM perplexity vs classification accuracy); `zoo sweep "
+        "distill --set teacher=RUN` to alpha 1 (student alone), 0.5, 0.1.",
+    )
+    sweep.add_argument("recipe", help="a registered recipe (see `zoo list`)")
+    sweep.add_argument(
+        "--grid", action="append", metavar="KEY=V1,V2",
+        help="one axis of the grid (repeatable; axes combine as a product); K1:K2=A1:B1,A2:B2 varies keys together",
+    )
+    sweep.add_argument("--out", help="output directory (default: runs/sweep-<recipe>)")
+    sweep.add_argument("--split", default="test", choices=["validation", "test"], help="evaluation split (default: test)")
+    sweep.add_argument("--eval-steps", type=int, default=0, help="evaluate only this many batches (0: all)")
+    sweep.add_argument("--x", help="metric or grid key on the plot's x axis (default: the recipe's)")
+    sweep.add_argument("--y", help="metric on the plot's y axis (default: the recipe's)")
+    _add_training_arguments(sweep)
+    sweep.set_defaults(handler=_cmd_sweep)
+
+    curve = commands.add_parser(
+        "learning-curve", help="few-shot: test accuracy at K examples per class, from scratch vs pretrained",
+        description="Train a classification recipe on K = --shots examples per class (the same step budget "
+        "for each K), from scratch and, with --pretrained, from a pretrained encoder; write the table, a PNG "
+        "and TensorBoard scalars into --out.",
+    )
+    curve.add_argument("recipe", nargs="?", default="classifier", help="a classification recipe (default: classifier)")
+    _add_recipe_arguments(curve)
+    curve.add_argument("--shots", default="8,32,128,all", help="K values, comma-separated; all = every example (default 8,32,128,all)")
+    curve.add_argument("--pretrained", help="also from this checkpoint: minilm, hf:<dir> or a bert-mlm run")
+    curve.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
+    curve.add_argument("--max-examples", type=int, default=0, help="score on at most N test examples (0: all)")
+    curve.add_argument("--out", help="output directory (default: runs/learning-curve-<recipe>)")
+    curve.add_argument("--no-xla", action="store_true", help="turn XLA compilation off")
+    curve.set_defaults(handler=_cmd_learning_curve, init_from=None, shots_per_class=None)
 
     export = commands.add_parser("export", help="export a run as a SavedModel with raw-text signatures")
     export.add_argument("run_dir", help="a run directory, checkpoint directory or .keras file")

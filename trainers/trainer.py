@@ -300,8 +300,12 @@ class Trainer:
         return TrainResult(model, self.run_dir, history, final_step, resumed_from)
 
 
-def evaluate_run(run_dir, data=None, split="test", steps=0, verbose=0):
-    """Metrics of a run's best (else last) checkpoint on a split of `data` (default: the run's own)."""
+def load_run(run_dir):
+    """`(model, recipe)` of a run's best (else last) checkpoint.
+
+    The recipe is rebuilt from the checkpoint's config.json and given the checkpoint's
+    tokenizer and (classifiers) label names, so it tokenizes new data as the model was trained.
+    """
     import recipes
     from recipes.base import load_checkpoint
 
@@ -314,6 +318,15 @@ def evaluate_run(run_dir, data=None, split="test", steps=0, verbose=0):
     if os.path.exists(labels_path):
         with open(labels_path) as f:
             recipe.label_names = json.load(f)
+    return model, recipe
+
+
+def evaluate_run(run_dir, data=None, split="test", steps=0, verbose=0, loaded=None):
+    """Metrics of a run's best (else last) checkpoint on a split of `data` (default: the run's own).
+
+    `loaded`: the `(model, recipe)` of `load_run(run_dir)` when the caller has it already.
+    """
+    model, recipe = loaded or load_run(run_dir)
     (dataset,) = recipe.datasets(data, splits=(split,))
     if steps:
         dataset = dataset.take(steps)

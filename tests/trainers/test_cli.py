@@ -34,13 +34,14 @@ def trained_run(lm_corpus, tmp_path_factory):
     return run_dir, result
 
 
-def test_train_writes_the_run_directory_and_is_quiet(trained_run):
+def test_train_writes_the_run_directory_and_is_quiet(trained_run, lm_corpus):
     run_dir, result = trained_run
     assert "Final metrics" in result.stdout and "Sample ('def '" in result.stdout
     for noise in ("cuda drivers", "cuInit", "absl::InitializeLog", "Traceback"):
         assert noise not in result.stderr
     config = json.load(open(run_dir / "config.json"))
     assert config["recipe"] == "gpt-clm" and config["hidden_dim"] == 32 and config["sequence_length"] == 32
+    assert config["data"] == str(lm_corpus)  # the source is part of the resolved config: evaluate reads it
     for path in ("tokenizer/vocab.txt", "checkpoints/last/model.keras", "checkpoints/best/model.keras",
                  "backup/worker-0/backup.json"):
         assert os.path.exists(run_dir / path), path
@@ -70,16 +71,45 @@ def test_evaluate_export_and_generate(trained_run):
     assert generated.stdout.startswith("def ")
 
 
+def test_evaluate_a_language_model_on_two_corpora(trained_run, lm_corpus, tmp_path):
+    run_dir, _ = trained_run
+    prose = tmp_path / "prose"
+    prose.mkdir()
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    for index in range(60):  # files are split 90/5/5 by a hash of their name: enough for a test split
+        (prose / f"part{index}.txt").write_text(readme[index * 300 :] + readme[: index * 300])
+    single = zoo("evaluate", run_dir, "--steps", "2")
+    assert single.returncode == 0, single.stderr[-3000:]
+    alone = json.loads(single.stdout[: single.stdout.index("}") + 1])
+    result = zoo("evaluate", run_dir, "--data", lm_corpus, "--data", prose, "--steps", "2", "--report-dir", tmp_path / "r")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.load(open(tmp_path / "r" / "report.json"))
+    assert report["kind"] == "language_model" and list(report["sources"]) == [lm_corpus, str(prose)]
+    in_domain = report["sources"][lm_corpus]
+    assert in_domain["perplexity_ratio"] == 1.0
+    assert in_domain["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-5)  # same batches, same numbers
+    other = report["sources"][str(prose)]
+    assert other["perplexity_ratio"] == pytest.approx(other["perplexity"] / in_domain["perplexity"])
+    assert "| source | perplexity |" in result.stdout
+    assert {f"lm/{lm_corpus}/perplexity"} <= tags(tmp_path / "r" / "tb")
+    shifted = zoo("evaluate", run_dir, "--shifts")
+    assert shifted.returncode == 2 and "--data stdlib --data python-docs" in shifted.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "gpt-cml"], "Registered recipes: bert-mlm, classifier, gpt-clm"),
+        (["train", "gpt-cml"], "Registered recipes: bert-mlm, classifier, distill, gpt-clm, multitask"),
         (["train", "gpt-clm", "--set", "hiden_dim=3"], "Valid keys:"),
         (["train", "gpt-clm", "--set", "num_layers=two"], "num_layers expects int"),
         (["train", "gpt-clm", "--preset", "huge"], "Valid presets: small, tiny"),
         (["train", "gpt-clm", "--data", "/no/such/corpus"], "/no/such/corpus"),
         (["train", "classifier", "--data", "nope"], "nope"),
         (["evaluate", "/no/such/run"], "does not exist"),
+        (["sweep", "multitask", "--grid", "mlm_wieght=0,1"], "Valid keys:"),
+        (["sweep", "classifier"], "no default grid"),
+        (["learning-curve", "--shots", "8,few"], "--shots expects"),
+        (["train", "classifier", "--set", "shift=3"], "Valid keys:"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_clear_line(args, message, tmp_path):

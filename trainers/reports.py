@@ -1,0 +1,222 @@
+"""What `zoo evaluate` (several sets, shifts), `zoo sweep` and `zoo learning-curve` compute and write.
+
+- `evaluation_report(run_dir, data, ...)`: a classifier-like run (classifier, multitask,
+  distill) scored on several labelled sources and on shifted copies of the first, with per-class
+  metrics, confusion matrices and gaps; a language model's perplexity on several corpora.
+- `parse_grid` / `run_sweep`: one training run per point of a config grid, each evaluated,
+  written as a trade-off table (markdown, CSV, JSON) and plot (PNG).
+- `run_learning_curve`: test accuracy against K examples per class, from scratch and from a
+  pretrained encoder (`zoo.evaluation.learning_curve`), written the same way.
+"""
+
+import csv
+import dataclasses
+import itertools
+import json
+import os
+
+import yaml
+
+from zoo import evaluation
+
+
+class GridError(ValueError):
+    """A bad `--grid` specification (the message says what and lists valid keys)."""
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+
+
+def is_classification(recipe):
+    """Whether a recipe's data are labelled texts (classifier, multitask, distill)."""
+    return hasattr(recipe, "examples")
+
+
+def evaluation_report(run_dir, data=(), split="test", shifts=None, steps=0, seed=0, max_examples=0, loaded=None):
+    """A report (see `zoo.evaluation`) of a run on several sources, and on shifted copies of the first.
+
+    Args:
+        run_dir: a run directory (its best, else last, checkpoint is used).
+        data: sources to evaluate on; the first is the in-domain reference. Default: the run's own.
+        shifts: None for no shifted copies, else a `zoo.evaluation.parse_shifts` spec ("" or
+            "all" for the standard ones). Classifiers only.
+        steps: language models: at most this many batches per source (0: all).
+        max_examples: classifiers: at most this many examples per source (0: all).
+        loaded: `(model, recipe)` if already loaded with `trainers.trainer.load_run`.
+
+    Returns:
+        The report dict; classifier reports also hold `model_metrics`, the recipe's own metrics
+        (for `multitask`, per task) on the in-domain source, from `model.evaluate`.
+    """
+    from trainers.trainer import evaluate_run, load_run
+
+    model, recipe = loaded or load_run(run_dir)
+    sources = list(data) or [recipe.config.data]
+    if not is_classification(recipe):
+        if shifts is not None:
+            raise ValueError(
+                "--shifts corrupts labelled texts (classifier, multitask, distill runs). For a language model, "
+                "compare corpora instead: --data stdlib --data python-docs."
+            )
+        report = evaluation.evaluate_lm(model, recipe, sources, split=split, steps=steps)
+    else:
+        sets, shifted = {}, {}
+        for index, source in enumerate(sources):
+            examples = recipe.examples(source, split)
+            texts, labels = examples.texts, examples.labels
+            if max_examples:
+                texts, labels = texts[:max_examples], labels[:max_examples]
+            if source in sets:
+                raise ValueError(f"--data {source!r} is given twice.")
+            sets[source] = (texts, labels)
+            if index == 0 and shifts is not None:  # reported after the sources
+                shifted = evaluation.shift_sets(texts, labels, seed=seed, spec=shifts)
+                del shifted["in_domain"]
+        sets.update(shifted)
+        report = evaluation.evaluate_classifier(model, recipe, sets)
+        metrics = evaluate_run(run_dir, data=sources[0], split=split, loaded=(model, recipe))
+        report["model_metrics"] = {key: float(value) for key, value in metrics.items()}
+        report["seed"] = seed
+    report.update(run_dir=os.path.abspath(run_dir), recipe=recipe.name, split=split)
+    return report
+
+
+# -- sweep -------------------------------------------------------------------------------------
+
+
+def parse_grid(recipe_class, specs):
+    """`["lr=1e-3,3e-4", "mlm_weight:classification_weight=1:0,1:1"]` -> the list of grid points.
+
+    Each spec is `KEY=V1,V2,...` (one axis) or `K1:K2=A1:B1,A2:B2,...` (keys varied together,
+    one point per tuple). Axes combine as a cartesian product. Values are YAML scalars, checked
+    against the config's field types; unknown keys raise a GridError listing the valid ones.
+    """
+    from trainers.cli import UsageError, _coerce
+
+    fields = {f.name for f in dataclasses.fields(recipe_class.config_class)}
+    axes = []
+    for spec in specs:
+        keys_text, sep, values_text = spec.partition("=")
+        keys = [key.strip() for key in keys_text.split(":")]
+        if not sep or not all(keys) or not values_text.strip():
+            raise GridError(f"--grid expects KEY=V1,V2,... or K1:K2=A1:B1,A2:B2,..., got {spec!r}.")
+        for key in keys:
+            if key not in fields:
+                raise GridError(f"Unknown config key {key!r} in --grid {spec!r}. Valid keys: {', '.join(sorted(fields))}.")
+        axis = []
+        for item in values_text.split(","):
+            raws = [raw.strip() for raw in item.split(":")] if len(keys) > 1 else [item.strip()]
+            if len(raws) != len(keys):
+                raise GridError(f"--grid {spec!r}: {item!r} has {len(raws)} values for {len(keys)} keys ({':'.join(keys)}).")
+            try:
+                axis.append({key: _coerce(recipe_class, key, yaml.safe_load(raw), raw) for key, raw in zip(keys, raws)})
+            except UsageError as error:
+                raise GridError(f"--grid {spec!r}: {error}") from None
+        axes.append(axis)
+    points = [dict(itertools.chain.from_iterable(part.items() for part in combination)) for combination in itertools.product(*axes)]
+    if not points:
+        raise GridError("--grid gave no points.")
+    return points
+
+
+def point_name(point):
+    """A directory-safe name of a grid point: `mlm_weight-1_classification_weight-0.25`."""
+    return "_".join(f"{key}-{value}" for key, value in point.items()).replace("/", "-").replace(" ", "")
+
+
+def _default_metric(metrics, candidates):
+    return next((name for name in candidates if name in metrics), sorted(metrics)[0])
+
+
+def run_sweep(
+    recipe_name, points, out, preset=None, data=None, overrides=None, options=None, strategy=None, split="test",
+    x=None, y=None, eval_steps=0,
+):
+    """Trains one run per grid point under `out/runs/<point>/`, evaluates each, writes the trade-off.
+
+    A run directory that already holds a finished run resumes (and so finishes at once): an
+    interrupted sweep continues where it stopped when re-run.
+
+    Args:
+        points: dicts of config overrides (`parse_grid`), applied on top of `overrides`.
+        options: `trainers.trainer.TrainOptions` for every run; strategy: its strategy object.
+        x, y: the metrics to plot against each other; defaults: the recipe's `sweep_axes`, else
+            the first grid key and the first of accuracy / perplexity / loss measured.
+
+    Returns:
+        `(rows, paths)`: per point `{**point, "run_dir", **metrics}` and the files written
+        (`sweep.md`, `sweep.csv`, `sweep.json`, `sweep.png`).
+    """
+    import recipes
+    from trainers.trainer import Trainer, evaluate_run
+
+    recipe_class = recipes.get_class(recipe_name)
+    rows = []
+    for point in points:
+        recipe = recipes.get(recipe_name, preset=preset, **{**(overrides or {}), **point})
+        run_dir = os.path.join(out, "runs", point_name(point))
+        Trainer(recipe, run_dir, data=data, options=options, strategy=strategy).train()
+        metrics = evaluate_run(run_dir, data=data, split=split, steps=eval_steps)
+        rows.append({**point, "run_dir": run_dir, **{key: float(value) for key, value in metrics.items()}})
+    default_x, default_y = getattr(recipe_class, "sweep_axes", (None, None))
+    metric_names = [key for key in rows[0] if key not in points[0] and key != "run_dir"]
+    x = x or default_x or next(iter(points[0]))
+    y = y or default_y or _default_metric(metric_names, ("classification_accuracy", "accuracy", "perplexity", "loss"))
+    for axis in (x, y):
+        if axis not in rows[0]:
+            raise ValueError(f"No {axis!r} to plot. Measured: {', '.join(metric_names)}; grid keys: {', '.join(points[0])}.")
+    return rows, write_sweep(rows, list(points[0]), metric_names, out, x, y, f"{recipe_name} sweep ({split} split)")
+
+
+def write_sweep(rows, keys, metric_names, out, x, y, title):
+    os.makedirs(out, exist_ok=True)
+    columns = keys + metric_names
+    paths = {name: os.path.join(out, f"sweep.{name}") for name in ("md", "csv", "json", "png")}
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns + ["run_dir"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(paths["json"], "w") as f:
+        json.dump({"x": x, "y": y, "rows": rows}, f, indent=2)
+        f.write("\n")
+    lines = [f"{title}: {y} against {x}", "", "| " + " | ".join(columns) + " |", "|" + "---:|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |")
+    with open(paths["md"], "w") as f:
+        f.write("\n".join(lines) + "\n")
+    labels = [", ".join(f"{key}={row[key]}" for key in keys if key != x) for row in rows]
+    series = {"grid points": [(row[x], row[y], label) for row, label in zip(rows, labels)]}
+    with open(paths["png"], "wb") as f:
+        f.write(evaluation.line_plot_png_bytes(series, x, y, title))
+    return paths
+
+
+# -- learning curve ----------------------------------------------------------------------------
+
+
+def parse_shots(text):
+    """`"8,32,128,all"` -> [8, 32, 128, None]."""
+    shots = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if item == "all":
+            shots.append(None)
+        elif item.isdigit() and int(item) > 0:
+            shots.append(int(item))
+        else:
+            raise ValueError(f"--shots expects positive integers or 'all', comma-separated; got {item!r}.")
+    if not shots:
+        raise ValueError("--shots is empty.")
+    return shots
+
+
+def run_learning_curve(recipe, out, shots, pretrained=None, source=None, steps=300, max_eval_examples=0, jit_compile=True):
+    """`zoo.evaluation.learning_curve`, written to `out` (report.json/md, learning_curve.png, tb/)."""
+    rows = evaluation.learning_curve(
+        recipe, shots=shots, pretrained=pretrained, source=source, steps=steps,
+        max_eval_examples=max_eval_examples, jit_compile=jit_compile,
+    )
+    paths = evaluation.write_report(rows, out)
+    paths["png"] = os.path.join(out, "learning_curve.png")
+    with open(paths["png"], "wb") as f:
+        f.write(evaluation.learning_curve_png_bytes(rows))
+    return rows, paths
