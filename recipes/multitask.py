@@ -10,6 +10,7 @@ import dataclasses
 import keras
 
 from recipes import pretrained
+from recipes.classifier import PRESETS as CLASSIFIER_PRESETS
 from recipes.classifier import ClassifierConfig, ClassifierRecipe
 from recipes.registry import register
 from zoo.models import Encoder, MacroClassificationMetric, Perplexity
@@ -31,16 +32,9 @@ class MultitaskConfig(ClassifierConfig):
     max_predictions: int = 0  # prediction slots per text; 0: ceil(mask_selection_rate * (sequence_length - 2))
 
 
-def _multitask(preset, layers, hidden, heads, **kwargs):
-    return MultitaskConfig(
-        preset=preset, num_layers=layers, hidden_dim=hidden, num_heads=heads, intermediate_dim=4 * hidden, **kwargs
-    )
-
-
+# The classifier's presets (shapes and training defaults) as multitask configs; no `base`.
 PRESETS = {
-    "tiny": _multitask("tiny", 2, 128, 2),
-    "mini": _multitask("mini", 4, 256, 4),
-    "small": _multitask("small", 4, 512, 8),
+    name: MultitaskConfig(**dataclasses.asdict(config)) for name, config in CLASSIFIER_PRESETS.items() if name != "base"
 }
 
 

@@ -220,10 +220,14 @@ def _cmd_learning_curve(args):
     overrides = _recipe_overrides(args, recipe_class)
     preset = overrides.pop("preset", None) or args.preset
     recipe = recipes.get(args.recipe, preset=preset, **overrides)
+    pretrained_overrides = parse_overrides(recipe_class, None, args.pretrained_set or ())
+    if pretrained_overrides and not args.pretrained:
+        raise UsageError("--pretrained-set applies to the --pretrained runs: give --pretrained too.")
+    recipes.get(args.recipe, preset=preset, **{**overrides, **pretrained_overrides})  # checks the keys
     out = args.out or os.path.join("runs", f"learning-curve-{args.recipe}")
     rows, paths = run_learning_curve(
         recipe, out, parse_shots(args.shots), pretrained=args.pretrained, steps=args.steps,
-        max_eval_examples=args.max_examples, jit_compile=not args.no_xla,
+        max_eval_examples=args.max_examples, jit_compile=not args.no_xla, pretrained_overrides=pretrained_overrides,
     )
     print(markdown_report(rows))
     print(f"Learning curve: {paths['markdown']}, {paths['png']}; TensorBoard: tensorboard --logdir {paths['tensorboard']}")
@@ -378,6 +382,10 @@ def build_parser():
     _add_recipe_arguments(curve)
     curve.add_argument("--shots", default="8,32,128,all", help="K values, comma-separated; all = every example (default 8,32,128,all)")
     curve.add_argument("--pretrained", help="also from this checkpoint: minilm, hf:<dir> or a bert-mlm run")
+    curve.add_argument(
+        "--pretrained-set", action="append", metavar="KEY=VALUE",
+        help="a config override for the pretrained runs only (repeatable), e.g. learning_rate=5e-5",
+    )
     curve.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
     curve.add_argument("--max-examples", type=int, default=0, help="score on at most N test examples (0: all)")
     curve.add_argument("--out", help="output directory (default: runs/learning-curve-<recipe>)")

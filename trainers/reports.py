@@ -209,11 +209,14 @@ def parse_shots(text):
     return shots
 
 
-def run_learning_curve(recipe, out, shots, pretrained=None, source=None, steps=300, max_eval_examples=0, jit_compile=True):
+def run_learning_curve(
+    recipe, out, shots, pretrained=None, source=None, steps=300, max_eval_examples=0, jit_compile=True,
+    pretrained_overrides=None,
+):
     """`zoo.evaluation.learning_curve`, written to `out` (report.json/md, learning_curve.png, tb/)."""
     rows = evaluation.learning_curve(
         recipe, shots=shots, pretrained=pretrained, source=source, steps=steps,
-        max_eval_examples=max_eval_examples, jit_compile=jit_compile,
+        max_eval_examples=max_eval_examples, jit_compile=jit_compile, pretrained_overrides=pretrained_overrides,
     )
     paths = evaluation.write_report(rows, out)
     paths["png"] = os.path.join(out, "learning_curve.png")

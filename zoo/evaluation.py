@@ -327,6 +327,7 @@ def learning_curve(
     seed=None,
     max_eval_examples=0,
     jit_compile="auto",
+    pretrained_overrides=None,
 ):
     """Test accuracy after training on K examples per class, from scratch and from a pretrained encoder.
 
@@ -341,6 +342,8 @@ def learning_curve(
         recipe: a `classifier` recipe (any recipe with `examples()` and an `init_from` field).
         shots: the K values; None means all training examples.
         pretrained: a bert-mlm checkpoint; None gives only the "scratch" rows.
+        pretrained_overrides: config fields for the "pretrained" runs only, e.g.
+            {"learning_rate": 5e-5}: fine-tuning wants a smaller step than training from scratch.
         max_eval_examples: score on the first N examples of `split` only (0: all).
 
     Returns:
@@ -351,7 +354,7 @@ def learning_curve(
     base = dataclasses.replace(recipe.config, seed=seed, init_from="")
     inits = [("scratch", base)]
     if pretrained:
-        inits.append(("pretrained", dataclasses.replace(base, init_from=str(pretrained))))
+        inits.append(("pretrained", dataclasses.replace(base, init_from=str(pretrained), **(pretrained_overrides or {}))))
     rows = []
     for init, config in inits:
         evaluation = type(recipe)(config).examples(source, split)
