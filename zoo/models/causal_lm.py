@@ -5,6 +5,7 @@ import numpy as np
 
 from zoo.models.decoder import Decoder
 from zoo.models.generation import compile_function, generate_tokens
+from zoo.models.metrics import TokenLossSharing
 
 _MIN_BUFFER = 16
 
@@ -27,7 +28,7 @@ def _buffer_length(needed, sequence_length):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class CausalLM(keras.Model):
+class CausalLM(TokenLossSharing, keras.Model):
     """Next-token prediction: `token_ids [batch, sequence]` to float32 logits `[batch, sequence, vocabulary]`.
 
     Args:

@@ -3,10 +3,11 @@
 import keras
 
 from zoo.layers.masked_lm_head import MaskedLMHead
+from zoo.models.metrics import TokenLossSharing
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class MaskedLM(keras.Model):
+class MaskedLM(TokenLossSharing, keras.Model):
     """Predicts the original tokens at `mask_positions`.
 
     Inputs (a dict): `token_ids [batch, sequence]`, `padding_mask [batch, sequence]` (true at real
