@@ -39,7 +39,8 @@ tokens; `max_new_tokens` must lie in [1, sequence_length - 1] (else InvalidArgum
 Greedy decoding is `temperature <= 0`; `top_k <= 0` and `top_p >= 1` disable those filters.
 
 Generation uses `zoo.models.generation.generate_tokens` (a `tf.while_loop` with the KV cache)
-over the whole batch. Sampling noise depends on the seed, the step and the row's place in the
+over the whole batch; `jit_compile=True` compiles it with XLA inside the SavedModel (faster,
+but see `export_recipe`). Sampling noise depends on the seed, the step and the row's place in the
 batch: the same batch, settings and seed give the same text.
 
 Layout: a standard SavedModel (`saved_model.pb`, `variables/`) plus `assets/vocab.txt`,
@@ -65,7 +66,7 @@ METADATA_FORMAT = "zoo.export/1"
 DEFAULT_TOP_K = 5
 
 
-def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None):
+def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None, jit_compile=False):
     """Writes `model` (built by `recipe`) as a SavedModel with raw-text signatures; returns `path`.
 
     Args:
@@ -76,6 +77,12 @@ def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None):
             layout: `<model name>/<integer version>`). Must not exist.
         top_k: bert-mlm: candidates returned per mask.
         metrics: optional dict of evaluation metrics, recorded in `zoo_metadata.json`.
+        jit_compile: gpt-clm: compile the generation loop inside the SavedModel with XLA.
+            Measured on a CPU (tiny shape, 16-token prompt + 128 new tokens), it is 4x faster
+            than the default graph at batch 1 and 3.6x at batch 8, and gives the same greedy
+            text. But the loading runtime compiles it again for every new batch size (seconds
+            each), and TF Serving runs XLA only when built and started for it
+            (`--xla_cpu_compilation_enabled`); hence off by default.
     """
     path = os.fspath(path)
     builders = {"classifier": _classifier_endpoints, "bert-mlm": _fill_mask_endpoints, "gpt-clm": _generate_endpoints}
@@ -91,7 +98,7 @@ def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None):
         )
     if int(top_k) < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
-    options = {"top_k": int(top_k)}
+    options = {"top_k": int(top_k), "jit_compile": bool(jit_compile)}
 
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -332,6 +339,15 @@ def _generate_endpoints(archive, recipe, model, options):
     sequence_length = decoder.sequence_length
     preprocessor = _Preprocessor(recipe.tokenizer, sequence_length)
 
+    def fill(buffer, lengths, max_new_tokens, temperature, top_k, top_p, seed):
+        return generate_tokens(
+            decoder, buffer, lengths, max_new_tokens, end_token_id=preprocessor.sep_id, temperature=temperature,
+            top_k=top_k, top_p=top_p, seed=seed, pad_token_id=preprocessor.pad_id,
+        )
+
+    if options["jit_compile"]:
+        fill = tf.function(fill, jit_compile=True)
+
     def generate_new_ids(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed):
         """New ids `[B, max_new_tokens]` (padded with 0 after the end token) and their counts `[B]`."""
         with tf.control_dependencies([
@@ -355,10 +371,7 @@ def _generate_endpoints(archive, recipe, model, options):
         )
         buffer = prompt_ids.to_tensor(preprocessor.pad_id, shape=[None, sequence_length])
         lengths = tf.cast(kept, tf.int32)
-        filled = generate_tokens(
-            decoder, buffer, lengths, max_new_tokens, end_token_id=preprocessor.sep_id, temperature=temperature,
-            top_k=top_k, top_p=top_p, seed=seed, pad_token_id=preprocessor.pad_id,
-        )
+        filled = fill(buffer, lengths, max_new_tokens, temperature, top_k, top_p, seed)
         positions = tf.minimum(lengths[:, None] + tf.range(max_new_tokens)[None, :], sequence_length - 1)
         new_ids = tf.gather(filled, positions, batch_dims=1)
         # Up to and including the first end token (CausalLM.generate's rule).

@@ -304,6 +304,26 @@ def test_export_after_in_process_generation(exports, tmp_path):
     assert os.path.isfile(os.path.join(path, "saved_model.pb"))
 
 
+def test_generation_compiled_with_xla_in_the_export_gives_the_same_text(exports, tmp_path):
+    recipe, model, default_path = exports["gpt-clm"]
+    path = export.export_recipe(recipe, model, str(tmp_path / "gpt" / "1"), jit_compile=True)
+    assert export.read_metadata(path)["export_options"]["jit_compile"] is True
+    assert export.read_metadata(default_path)["export_options"]["jit_compile"] is False
+    compiled, default = (tf.saved_model.load(p).signatures["generate"] for p in (path, default_path))
+    library = compiled.graph.as_graph_def().library.function
+    assert any(f.attr["_XlaMustCompile"].b for f in library), "no XLA-compiled function in the export"
+    prompts = tf.constant(PROMPTS[:3])
+    greedy = dict(max_new_tokens=tf.constant(NEW_TOKENS), temperature=tf.constant(0.0), top_k=tf.constant(0),
+                  top_p=tf.constant(1.0), seed=tf.constant(0))
+    text = [t.decode("utf-8") for t in compiled(prompt=prompts, **greedy)["text"].numpy()]
+    assert text == recipe.generate_text(model, PROMPTS[:3], temperature=0.0, max_new_tokens=NEW_TOKENS)
+    # A seed draws the same noise with and without XLA, in the export and in-process.
+    sampled = dict(greedy, temperature=tf.constant(1.0), top_k=tf.constant(20), seed=tf.constant(3))
+    text = [t.decode("utf-8") for t in compiled(prompt=prompts, **sampled)["text"].numpy()]
+    assert text == [t.decode("utf-8") for t in default(prompt=prompts, **sampled)["text"].numpy()]
+    assert text == recipe.generate_text(model, PROMPTS[:3], max_new_tokens=NEW_TOKENS, temperature=1.0, top_k=20, seed=3)
+
+
 def test_export_errors_name_the_problem(exports, tmp_path):
     recipe, model, _ = exports["classifier"]
     clone = recipe.with_overrides()

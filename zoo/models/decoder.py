@@ -30,9 +30,15 @@ class Decoder(keras.layers.Layer):
         token_ids: `[batch, sequence]`.
         padding_mask: optional `[batch, key_length]`, true at real tokens.
         cache: optional `[batch, num_layers, 2, max_length, kv_heads, head_dim]` KV cache (see
-            `init_cache`); the decoder then returns `(logits, updated_cache)`.
+            `init_cache`); the decoder then returns `(logits, updated_cache)`. May also be a
+            list of the layers' caches `[batch, 2, max_length, kv_heads, head_dim]` (then a list
+            is returned): a generation loop carrying a list has each layer's cache updated in
+            place, where slicing and re-stacking one tensor copies the whole cache every step.
         cache_index: scalar position of `token_ids[:, 0]`, required with `cache`.
         training: enables dropout.
+        return_hidden_states: return the final (normalised) hidden states `[batch, sequence,
+            hidden]` instead of the logits; `logits(hidden_states)` projects them. Generation
+            uses it to project only the positions it needs onto the vocabulary.
 
     Example:
     >>> decoder = Decoder(vocabulary_size=100, sequence_length=16, num_layers=2, hidden_dim=8,
@@ -113,7 +119,11 @@ class Decoder(keras.layers.Layer):
         self.final_norm.build(hidden_shape)
         self.built = True
 
-    def call(self, token_ids, padding_mask=None, cache=None, cache_index=None, training=None):
+    def logits(self, hidden_states):
+        """Float32 logits `[..., vocabulary]` of final hidden states (the tied output projection)."""
+        return ops.cast(self.token_embedding(hidden_states, reverse=True), "float32")
+
+    def call(self, token_ids, padding_mask=None, cache=None, cache_index=None, training=None, return_hidden_states=False):
         start_index = 0 if cache is None else cache_index
         x = self.embeddings_dropout(self.embeddings(token_ids, start_index=start_index), training=training)
         layer_caches = []
@@ -121,16 +131,29 @@ class Decoder(keras.layers.Layer):
             if cache is None:
                 x = block(x, padding_mask=padding_mask, training=training)
             else:
+                layer_cache = cache[index] if isinstance(cache, (list, tuple)) else cache[:, index]
                 x, layer_cache = block(
-                    x, padding_mask=padding_mask, cache=cache[:, index], cache_index=cache_index, training=training
+                    x, padding_mask=padding_mask, cache=layer_cache, cache_index=cache_index, training=training
                 )
                 layer_caches.append(layer_cache)
-        logits = ops.cast(self.token_embedding(self.final_norm(x), reverse=True), "float32")
-        return logits if cache is None else (logits, ops.stack(layer_caches, axis=1))
+        x = self.final_norm(x)
+        outputs = x if return_hidden_states else self.logits(x)
+        if cache is None:
+            return outputs
+        return outputs, (layer_caches if isinstance(cache, (list, tuple)) else ops.stack(layer_caches, axis=1))
 
-    def compute_output_spec(self, token_ids, padding_mask=None, cache=None, cache_index=None, training=None):
-        logits = keras.KerasTensor(tuple(token_ids.shape) + (self.vocabulary_size,), dtype="float32")
-        return logits if cache is None else (logits, keras.KerasTensor(cache.shape, dtype=cache.dtype))
+    def compute_output_spec(
+        self, token_ids, padding_mask=None, cache=None, cache_index=None, training=None, return_hidden_states=False
+    ):
+        if return_hidden_states:
+            outputs = keras.KerasTensor(tuple(token_ids.shape) + (self.hidden_dim,), dtype=self.compute_dtype)
+        else:
+            outputs = keras.KerasTensor(tuple(token_ids.shape) + (self.vocabulary_size,), dtype="float32")
+        if cache is None:
+            return outputs
+        if isinstance(cache, (list, tuple)):
+            return outputs, [keras.KerasTensor(c.shape, dtype=c.dtype) for c in cache]
+        return outputs, keras.KerasTensor(cache.shape, dtype=cache.dtype)
 
     def get_config(self):
         config = super().get_config()

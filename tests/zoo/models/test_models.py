@@ -109,6 +109,56 @@ def test_sample_next_token_filters():
     np.testing.assert_allclose(np.bincount(free, minlength=5) / 4000, [0.5, 0.3, 0.1, 0.06, 0.04], atol=0.03)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="jax.jit always compiles with XLA")
+def test_generation_is_compiled_with_xla(causal_lm):
+    causal_lm.generate([[1, 2, 3]], max_new_tokens=2)
+    function = causal_lm._generate_functions.functions[(1, 16)]
+    scalars = [np.int32(2), np.int32(-1), np.float32(0), np.int32(0), np.float32(1), np.int32(0)]
+    concrete = function.get_concrete_function(np.zeros((1, 16), "int32"), np.array([3], "int32"), *scalars)
+    assert concrete.function_def.attr["_XlaMustCompile"].b
+
+
+def test_prompts_longer_than_a_prefill_chunk_and_a_ragged_buffer():
+    # Context 40: a 35-token prompt + 4 new tokens fills a 40-token buffer, which 16-token
+    # prefill chunks do not divide (the last chunk overlaps the one before).
+    model = CausalLM(Decoder(VOCAB, 40, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32))
+    long_prompt = rng.integers(0, VOCAB, size=35).tolist()
+    for prompts in ([long_prompt], [long_prompt, long_prompt[:17], long_prompt[:3]]):
+        generated = model.generate(prompts, max_new_tokens=4)
+        assert generated == [greedy_without_cache(model, prompt, 4) for prompt in prompts]
+
+
+def reference_sample(logits, temperature, top_k, top_p, uniform):
+    """The filters of `sample_next_token` over the fully sorted vocabulary, in NumPy."""
+    scaled = logits / temperature
+    descending = -np.sort(-scaled, axis=-1)
+    k = top_k if 0 < top_k < scaled.shape[-1] else scaled.shape[-1]
+    kth_best = descending[:, k - 1 : k]
+    kept_values = np.where(descending >= kth_best, descending, -np.inf)
+    probabilities = np.exp(kept_values - kept_values[:, :1])
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    mass_before = np.cumsum(probabilities, -1) - probabilities
+    kept = (mass_before < top_p) & (kept_values > -np.inf)
+    threshold = np.maximum(np.where(kept, descending, np.inf).min(-1, keepdims=True), kth_best)
+    gumbel = -np.log(-np.log(np.clip(uniform, 1e-10, 1 - 1e-7)))
+    return np.argmax(np.where(scaled >= threshold, scaled, -1e9) + gumbel, axis=-1)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (40, 0.9), (64, 0.5), (65, 1.0), (0, 0.9), (0, 1.0), (1, 1.0)])
+def test_sampling_paths_equal_filters_over_the_sorted_vocabulary(top_k, top_p):
+    # top_k <= 64 samples among a partial sort's candidates, larger top_k or top-p alone sort
+    # the whole vocabulary, no filter sorts nothing, top_k == 1 is greedy: all as if sorted.
+    sample_rng = np.random.default_rng(top_k)
+    logits = sample_rng.normal(scale=3.0, size=(64, 300)).astype("float32")
+    noise = sample_rng.random((64, 300)).astype("float32")
+    expected = reference_sample(logits, 0.7, top_k, top_p, noise)
+    if top_k == 1:
+        expected = logits.argmax(-1)
+    np.testing.assert_array_equal(numpy(sample_next_token(logits, 0.7, top_k, top_p, noise)), expected)
+    # The noise may be given as a function: greedy decoding then never draws it.
+    np.testing.assert_array_equal(numpy(sample_next_token(logits, 0.7, top_k, top_p, lambda: noise)), expected)
+
+
 def test_task_models_reload_from_keras_files(tmp_path):
     ids = rng.integers(5, VOCAB, size=(2, 8)).astype("int32")
     padding = np.ones((2, 8), bool)
