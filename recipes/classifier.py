@@ -8,7 +8,7 @@ from recipes.base import Recipe, RecipeConfig
 from recipes import pretrained
 from recipes.pretrained import load_pretrained
 from recipes.registry import register
-from zoo.models import Encoder, MacroClassificationMetric, TextClassifier
+from zoo.models import Encoder, TextClassifier, classification_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +112,7 @@ class ClassifierRecipe(Recipe):
         model.compile(
             optimizer=self.make_optimizer(total_steps),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-            + [MacroClassificationMetric(num_classes, kind) for kind in MacroClassificationMetric.KINDS],
+            metrics=classification_metrics(num_classes),
             jit_compile=jit_compile,
         )
 

@@ -17,7 +17,7 @@ import keras
 from recipes.base import load_checkpoint
 from recipes.classifier import ClassifierConfig, ClassifierRecipe
 from recipes.registry import register
-from zoo.models import MacroClassificationMetric
+from zoo.models import classification_metrics
 from zoo.models.distillation import DistillationModel
 
 
@@ -146,8 +146,7 @@ class DistillRecipe(ClassifierRecipe):
             return super().compile_model(model, total_steps=total_steps, jit_compile=jit_compile)
         model.compile(
             optimizer=self.make_optimizer(total_steps),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-            + [MacroClassificationMetric(model.student.num_classes, kind) for kind in MacroClassificationMetric.KINDS],
+            metrics=classification_metrics(model.student.num_classes),
             jit_compile=jit_compile,
         )
 
@@ -214,7 +213,7 @@ def distillation_gain(
         run.teacher_label_names, run.label_names = recipe.teacher_label_names, recipe.label_names
         (train,) = run.datasets(source, splits=("train",), repeat=repeated)
         model = run.build_model(total_steps=epochs * steps, jit_compile=jit_compile)
-        model.fit(train, epochs=epochs, steps_per_epoch=steps if repeated else None, verbose=verbose)
+        model.fit(train, epochs=epochs, steps_per_epoch=steps if repeated else None, verbose=verbose, shuffle=False)
         metrics = model.evaluate(evaluation, return_dict=True, verbose=0)
         results[name] = float(metrics["accuracy"])
         results[f"{name}_macro_f1"] = float(metrics["macro_f1"])

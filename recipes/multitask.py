@@ -13,7 +13,7 @@ from recipes import pretrained
 from recipes.classifier import PRESETS as CLASSIFIER_PRESETS
 from recipes.classifier import ClassifierConfig, ClassifierRecipe
 from recipes.registry import register
-from zoo.models import Encoder, MacroClassificationMetric, Perplexity
+from zoo.models import Encoder, Perplexity, classification_metrics
 from zoo.models.multitask import CLASSIFICATION_INPUTS, GRADIENT_SURGERIES, MultiTaskModel
 
 
@@ -95,10 +95,7 @@ class MultitaskRecipe(ClassifierRecipe):
             optimizer=self.make_optimizer(total_steps),
             loss_weights=self.loss_weights,
             gradient_surgery=self.config.gradient_surgery,
-            metrics={
-                "classification": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-                + [MacroClassificationMetric(num_classes, kind) for kind in MacroClassificationMetric.KINDS]
-            },
+            metrics={"classification": classification_metrics(num_classes)},
             weighted_metrics={"mlm": [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), Perplexity()]},
             jit_compile=jit_compile,
         )

@@ -5,7 +5,7 @@ from zoo.models.decoder import Decoder
 from zoo.models.encoder import Encoder
 from zoo.models.generation import generate_tokens, sample_next_token
 from zoo.models.masked_lm import MaskedLM
-from zoo.models.metrics import MacroClassificationMetric, Perplexity, SparseAccuracy
+from zoo.models.metrics import MacroClassificationMetric, Perplexity, SparseAccuracy, classification_metrics
 from zoo.models.text_classifier import TextClassifier
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Perplexity",
     "SparseAccuracy",
     "TextClassifier",
+    "classification_metrics",
     "generate_tokens",
     "sample_next_token",
 ]

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from zoo.models.decoder import Decoder
+from zoo.models.decoder import Decoder  # noqa: F401 (the docstring example uses it)
 from zoo.models.generation import compile_function, generate_tokens
 from zoo.models.metrics import TokenLossSharing
 

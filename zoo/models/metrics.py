@@ -222,3 +222,10 @@ class MacroClassificationMetric(keras.metrics.Metric):
         config = super().get_config()
         config.update(num_classes=self.num_classes, kind=self.kind)
         return config
+
+
+def classification_metrics(num_classes):
+    """The metrics every classifier-like recipe compiles: accuracy and macro precision, recall, F1."""
+    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] + [
+        MacroClassificationMetric(num_classes, kind) for kind in MacroClassificationMetric.KINDS
+    ]
