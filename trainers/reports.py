@@ -186,8 +186,11 @@ def write_sweep(rows, keys, metric_names, out, x, y, title):
         f.write("\n".join(lines) + "\n")
     labels = [", ".join(f"{key}={row[key]}" for key in keys if key != x) for row in rows]
     series = {"grid points": [(row[x], row[y], label) for row, label in zip(rows, labels)]}
+    # Perplexities (or anything positive spanning over a decade) read better on a log axis.
+    xs = [row[x] for row in rows]
+    log_x = min(xs) > 0 and ("perplexity" in x or max(xs) / min(xs) > 10)
     with open(paths["png"], "wb") as f:
-        f.write(evaluation.line_plot_png_bytes(series, x, y, title))
+        f.write(evaluation.line_plot_png_bytes(series, x, y, title, log_x=log_x))
     return paths
 
 

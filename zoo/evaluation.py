@@ -367,7 +367,7 @@ def learning_curve(
             (dataset,) = run.datasets(source, batch_size=batch_size, splits=("train",), repeat=True)
             train_examples = len(few_shot_examples(run.examples(source, "train"), k, seed))
             model = run.build_model(total_steps=steps, jit_compile=jit_compile)
-            model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+            model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)  # the pipeline shuffles
             scores = evaluate_classifier(model, run, {split: (eval_texts, eval_labels)}, batch_size=batch_size)["sets"][split]
             rows.append({
                 "init": init,
@@ -524,7 +524,8 @@ def line_plot_png_bytes(series, xlabel, ylabel, title="", log_x=False, size=(640
     margin = (y_high - y_low) * 0.08 or max(abs(y_high) * 0.05, 0.01)
     y_low, y_high = y_low - margin, y_high + margin
     width, height = size
-    left, right, top, bottom = 70, 160, 40, 56
+    # A legend column only when there is more than one series to tell apart.
+    left, right, top, bottom = 70, (160 if len(series) > 1 else 24), 40, 56
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def to_pixel(x, y):
@@ -534,14 +535,19 @@ def line_plot_png_bytes(series, xlabel, ylabel, title="", log_x=False, size=(640
 
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    draw.text((left, 10), title, fill="black", font=font)
+    draw.text((left, 4), title, fill="black", font=font)
     for i in range(5):  # y grid and tick labels
         value = y_low + (y_high - y_low) * i / 4
         _, py = to_pixel(10 ** x_low if log_x else x_low, value)
         draw.line([left, py, left + plot_w, py], fill=(225, 225, 225))
         draw.text((6, py - 7), f"{value:.3g}", fill="black", font=small)
     if log_x:
-        ticks = [10 ** e for e in range(math.floor(x_low), math.ceil(x_high) + 1) if x_low <= e <= x_high]
+        # Powers of ten, and 2x and 5x of them when the axis spans less than two decades.
+        steps = (1,) if x_high - x_low >= 2 else (1, 2, 5)
+        ticks = [
+            m * 10**e for e in range(math.floor(x_low), math.ceil(x_high) + 1) for m in steps
+            if x_low <= math.log10(m * 10**e) <= x_high
+        ]
     else:
         ticks = [x_low + (x_high - x_low) * i / 4 for i in range(5)]
     for tick in ticks:
@@ -550,7 +556,7 @@ def line_plot_png_bytes(series, xlabel, ylabel, title="", log_x=False, size=(640
         draw.text((px - 10, top + plot_h + 6), f"{tick:.3g}", fill="black", font=small)
     draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
     draw.text((left + plot_w / 2 - font.getlength(xlabel) / 2, height - 24), xlabel, fill="black", font=font)
-    draw.text((6, top - 30 + 10), ylabel, fill="dimgray", font=small)
+    draw.text((6, top - 15), ylabel, fill="dimgray", font=small)
     colours = ["royalblue", "darkorange", "seagreen", "crimson", "purple", "saddlebrown"]
     for index, (name, values) in enumerate(series.items()):
         colour = colours[index % len(colours)]
@@ -561,7 +567,12 @@ def line_plot_png_bytes(series, xlabel, ylabel, title="", log_x=False, size=(640
         for (px, py), label in zip(pixels, labels):
             draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
             if label:
-                draw.text((px + 5, py - 16), str(label), fill=colour, font=small)
+                label = str(label)
+                # Right of the point, or left of it where the label would leave the plot.
+                lx = px + 5 if px + 5 + small.getlength(label) <= left + plot_w else px - 5 - small.getlength(label)
+                draw.text((max(lx, left + 2), py - 16), label, fill=colour, font=small)
+        if len(series) == 1:
+            continue
         legend_y = top + 8 + index * 20
         draw.line([width - right + 12, legend_y + 7, width - right + 32, legend_y + 7], fill=colour, width=3)
         draw.text((width - right + 38, legend_y), str(name), fill="black", font=font)
