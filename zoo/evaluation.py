@@ -525,7 +525,7 @@ def line_plot_png_bytes(series, xlabel, ylabel, title="", log_x=False, size=(640
     y_low, y_high = y_low - margin, y_high + margin
     width, height = size
     # A legend column only when there is more than one series to tell apart.
-    left, right, top, bottom = 70, (160 if len(series) > 1 else 24), 40, 56
+    left, right, top, bottom = 70, (160 if len(series) > 1 else 24), 50, 56
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def to_pixel(x, y):
@@ -556,7 +556,7 @@ def line_plot_png_bytes(series, xlabel, ylabel, title="", log_x=False, size=(640
         draw.text((px - 10, top + plot_h + 6), f"{tick:.3g}", fill="black", font=small)
     draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
     draw.text((left + plot_w / 2 - font.getlength(xlabel) / 2, height - 24), xlabel, fill="black", font=font)
-    draw.text((6, top - 15), ylabel, fill="dimgray", font=small)
+    draw.text((left, top - 17), ylabel, fill="dimgray", font=small)  # above the plot, clear of the title and ticks
     colours = ["royalblue", "darkorange", "seagreen", "crimson", "purple", "saddlebrown"]
     for index, (name, values) in enumerate(series.items()):
         colour = colours[index % len(colours)]

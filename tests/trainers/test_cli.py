@@ -109,6 +109,8 @@ def test_evaluate_a_language_model_on_two_corpora(trained_run, lm_corpus, tmp_pa
         (["sweep", "multitask", "--grid", "mlm_wieght=0,1"], "Valid keys:"),
         (["sweep", "classifier"], "no default grid"),
         (["learning-curve", "--shots", "8,few"], "--shots expects"),
+        (["learning-curve", "--pretrained-set", "learning_rate=5e-5"], "give --pretrained too"),
+        (["learning-curve", "--pretrained", "minilm", "--pretrained-set", "learning_rat=5e-5"], "Valid keys:"),
         (["train", "classifier", "--set", "shift=3"], "Valid keys:"),
     ],
 )
