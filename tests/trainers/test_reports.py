@@ -60,7 +60,7 @@ def sweep(classification_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     status = cli.main([
         "sweep", "multitask", "--data", classification_csv, "--steps", "12", "--out", str(out), "--verbose", "0",
-        "--grid", "mlm_weight:classification_weight=1:0,1:1", "--split", "validation", *TINY,
+        "--grid", "mlm_weight:classification_weight=1:0,1:1", "--split", "validation", "--no-xla", *TINY,
     ])
     assert status == 0
     return out
