@@ -136,13 +136,13 @@ def test_distilled_student_is_at_least_as_good_as_the_student_alone_on_wordnet(t
     teacher = recipes.get("classifier", num_layers=2, hidden_dim=64, num_heads=2, intermediate_dim=128,
                           batch_size=64, learning_rate=3e-3, **data)
     train, _ = teacher.datasets()
-    model = teacher.build_model(total_steps=2 * 100, jit_compile=True)
+    model = teacher.build_model(total_steps=2 * 100, jit_compile=False)
     model.fit(train, epochs=2, verbose=0)
     teacher.save(model, str(tmp_path / "teacher"))
 
     student = recipes.get("distill", teacher=str(tmp_path / "teacher"), num_layers=1, hidden_dim=32, num_heads=2,
                           intermediate_dim=64, alpha=0.5, temperature=4.0, batch_size=32, learning_rate=2e-3, **data)
-    result = distillation_gain(student, epochs=1, steps_per_epoch=120, shots_per_class=50, jit_compile=True)
+    result = distillation_gain(student, epochs=1, steps_per_epoch=120, shots_per_class=50, jit_compile=False)
     print(f"WordNet 4 classes, test accuracy: {result}")
     assert result["teacher"] >= 0.85
     assert result["distilled"] >= result["alone"], result
