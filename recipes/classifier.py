@@ -94,7 +94,7 @@ class ClassifierRecipe(Recipe):
 
     def create_model(self):
         c = self.config
-        if self._pretrained_encoder is not None:
+        if self._pretrained_encoder is not None:  # init_from: the pretrained encoder, copied below
             encoder = pretrained.fresh_encoder(self._pretrained_encoder)  # in the current dtype policy
         else:
             encoder = Encoder(
@@ -102,10 +102,15 @@ class ClassifierRecipe(Recipe):
                 c.intermediate_dim, dropout=c.dropout, activation=c.activation, num_segments=c.num_segments,
                 layer_norm_epsilon=c.layer_norm_epsilon, name="encoder",
             )
-        model = TextClassifier(encoder, self.num_classes, pooling=c.pooling, dropout=c.classifier_dropout, name="classifier")
+        model = self.task_model(encoder)
         if self._pretrained_encoder is not None:
             encoder.set_weights(self._pretrained_encoder.get_weights())
         return model
+
+    def task_model(self, encoder):
+        """The model around the encoder (subclasses put other heads on it)."""
+        c = self.config
+        return TextClassifier(encoder, self.num_classes, pooling=c.pooling, dropout=c.classifier_dropout, name="classifier")
 
     def compile_model(self, model, total_steps=None, jit_compile="auto"):
         num_classes = model.num_classes

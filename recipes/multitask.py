@@ -9,11 +9,10 @@ import dataclasses
 
 import keras
 
-from recipes import pretrained
 from recipes.classifier import PRESETS as CLASSIFIER_PRESETS
 from recipes.classifier import ClassifierConfig, ClassifierRecipe
 from recipes.registry import register
-from zoo.models import Encoder, Perplexity, classification_metrics
+from zoo.models import Perplexity, classification_metrics
 from zoo.models.multitask import CLASSIFICATION_INPUTS, GRADIENT_SURGERIES, MultiTaskModel
 
 
@@ -71,23 +70,12 @@ class MultitaskRecipe(ClassifierRecipe):
     def loss_weights(self):
         return {"mlm": self.config.mlm_weight, "classification": self.config.classification_weight}
 
-    def create_model(self):
+    def task_model(self, encoder):
         c = self.config
-        if self._pretrained_encoder is not None:  # init_from: the bert-mlm's encoder, copied below
-            encoder = pretrained.fresh_encoder(self._pretrained_encoder)  # in the current dtype policy
-        else:
-            encoder = Encoder(
-                self.model_vocabulary_size, c.sequence_length, c.num_layers, c.hidden_dim, c.num_heads,
-                c.intermediate_dim, dropout=c.dropout, activation=c.activation, num_segments=c.num_segments,
-                layer_norm_epsilon=c.layer_norm_epsilon, name="encoder",
-            )
-        model = MultiTaskModel(
+        return MultiTaskModel(
             encoder, self.num_classes, pooling=c.pooling, dropout=c.classifier_dropout,
             classification_input=c.classification_input, name="multitask",
         )
-        if self._pretrained_encoder is not None:
-            encoder.set_weights(self._pretrained_encoder.get_weights())
-        return model
 
     def compile_model(self, model, total_steps=None, jit_compile="auto"):
         num_classes = model.num_classes
