@@ -7,7 +7,7 @@ import keras
 from recipes import pretrained
 from recipes.base import Recipe, RecipeConfig
 from recipes.registry import register
-from zoo.models import Encoder, MaskedLM, Perplexity
+from zoo.models import Encoder, MaskedLM, Perplexity, SparseCrossEntropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ class BertMaskedLMRecipe(Recipe):
     def compile_model(self, model, total_steps=None, jit_compile="auto"):
         model.compile(
             optimizer=self.make_optimizer(total_steps),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            loss=SparseCrossEntropy(),
             weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), Perplexity()],
             jit_compile=jit_compile,
         )

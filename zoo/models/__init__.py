@@ -4,6 +4,7 @@ from zoo.models.causal_lm import CausalLM
 from zoo.models.decoder import Decoder
 from zoo.models.encoder import Encoder
 from zoo.models.generation import generate_tokens, sample_next_token
+from zoo.models.losses import SparseCrossEntropy
 from zoo.models.masked_lm import MaskedLM
 from zoo.models.metrics import MacroClassificationMetric, Perplexity, SparseAccuracy, classification_metrics
 from zoo.models.text_classifier import TextClassifier
@@ -16,6 +17,7 @@ __all__ = [
     "MaskedLM",
     "Perplexity",
     "SparseAccuracy",
+    "SparseCrossEntropy",
     "TextClassifier",
     "classification_metrics",
     "generate_tokens",

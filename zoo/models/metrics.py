@@ -11,6 +11,8 @@ import threading
 import keras
 from keras import ops
 
+from zoo.models.losses import in_xla_function
+
 
 @keras.saving.register_keras_serializable(package="zoo")
 class Perplexity(keras.metrics.Metric):
@@ -56,12 +58,19 @@ def sparse_accuracy(y_true, y_pred):
     `[32, 128, 8192]` logits this takes 6 ms on a CPU core where Keras' argmax (an
     index-carrying reduction, after a pass that turns -0.0 into -tiny) takes 56 ms with XLA
     and 77 ms without. (The one difference: a maximum of exactly 0.0 tied between -0.0 at a
-    lower id and +0.0 at the label.)
+    lower id and +0.0 at the label.) On TensorFlow without XLA, where each of those comparisons
+    is a separate pass over the logits (33 ms in all), TensorFlow's own argmax is faster (16 ms)
+    and has the same first-index rule.
     """
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(ops.convert_to_tensor(y_true), "int32")
     if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
         y_true = ops.squeeze(y_true, -1)
+    if keras.backend.backend() == "tensorflow" and not in_xla_function():
+        import tensorflow as tf
+
+        predicted = tf.math.argmax(y_pred, axis=-1, output_type=tf.int32)
+        return ops.cast(predicted == y_true, keras.backend.floatx())
     labels = y_true[..., None]
     best = ops.max(y_pred, axis=-1, keepdims=True)
     at_label = ops.take_along_axis(y_pred, labels, axis=-1)
