@@ -14,8 +14,11 @@ class TransformerEncoderBlock(keras.layers.Layer):
     Args:
         num_heads: attention heads.
         intermediate_dim: width of the feed-forward layer.
-        dropout: dropout on each residual branch (and in the feed-forward network).
+        dropout: dropout on each residual branch.
         attention_dropout: dropout on the attention weights; defaults to `dropout`.
+        feed_forward_dropout: dropout inside the feed-forward network, after its activation.
+            0 by default, as in BERT, GPT-2 and keras-hub's blocks: their only dropouts are on
+            the attention weights and the residual branches.
         activation: feed-forward activation ("gelu", "gelu_approximate", "relu", "swiglu").
         norm_first: True for pre-norm (GPT-2 style), False for post-norm (BERT, the default).
         normalization: "layer_norm" or "rms_norm".
@@ -46,6 +49,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         intermediate_dim,
         dropout=0.0,
         attention_dropout=None,
+        feed_forward_dropout=0.0,
         activation="gelu",
         norm_first=False,
         normalization="layer_norm",
@@ -61,6 +65,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.dropout = dropout
         self.attention_dropout = dropout if attention_dropout is None else attention_dropout
+        self.feed_forward_dropout = feed_forward_dropout
         self.activation = activation
         self.norm_first = norm_first
         self.normalization = normalization
@@ -77,7 +82,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         )
         self.attention_norm = make_norm(normalization, layer_norm_epsilon, policy, "self_attention_norm")
         self.feed_forward = FeedForward(
-            intermediate_dim, activation=activation, dropout=dropout, use_bias=use_bias,
+            intermediate_dim, activation=activation, dropout=feed_forward_dropout, use_bias=use_bias,
             kernel_initializer=self.kernel_initializer, dtype=policy, name="feed_forward",
         )
         self.feed_forward_norm = make_norm(normalization, layer_norm_epsilon, policy, "feed_forward_norm")
@@ -109,6 +114,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
             intermediate_dim=self.intermediate_dim,
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
+            feed_forward_dropout=self.feed_forward_dropout,
             activation=self.activation,
             norm_first=self.norm_first,
             normalization=self.normalization,

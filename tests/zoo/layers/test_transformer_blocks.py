@@ -42,6 +42,19 @@ def test_encoder_block_equals_keras_hub_transformer_encoder(norm_first):
     )
 
 
+def test_feed_forward_dropout_only_where_asked():
+    # BERT, GPT-2 and keras-hub put no dropout inside the feed-forward network: neither do we by default.
+    plain = TransformerEncoderBlock(HEADS, 32, dropout=0.3)
+    assert plain.feed_forward.dropout == 0.0 and plain.residual_dropout.rate == 0.3
+    inner_only = TransformerEncoderBlock(HEADS, 32, dropout=0.0, feed_forward_dropout=0.5)
+    inference = numpy(inner_only(x, training=False))
+    assert not np.allclose(numpy(inner_only(x, training=True)), inference)
+    no_dropout = TransformerEncoderBlock(HEADS, 32, dropout=0.0)
+    np.testing.assert_allclose(numpy(no_dropout(x, training=True)), numpy(no_dropout(x, training=False)), atol=1e-6)
+    restored = TransformerDecoderBlock.from_config(TransformerDecoderBlock(HEADS, 32, feed_forward_dropout=0.2).get_config())
+    assert restored.feed_forward.dropout == 0.2
+
+
 def test_decoder_block_is_causal():
     block = TransformerDecoderBlock(HEADS, 32)
     before = numpy(block(x))
