@@ -119,9 +119,25 @@ class Decoder(keras.layers.Layer):
         self.final_norm.build(hidden_shape)
         self.built = True
 
-    def logits(self, hidden_states):
-        """Float32 logits `[..., vocabulary]` of final hidden states (the tied output projection)."""
-        return ops.cast(self.token_embedding(hidden_states, reverse=True), "float32")
+    def output_kernel(self):
+        """The output projection `[hidden, vocabulary]` in the compute dtype: the transposed token
+        table (tied weights).
+
+        A decoding loop takes it once, before the loop, and passes it to every step's `logits`:
+        XLA on a CPU would otherwise transpose the whole table inside the loop, at every step.
+        """
+        embedding = self.token_embedding
+        kernel = ops.transpose(embedding.embeddings) if embedding.tie_weights else embedding.reverse_embeddings
+        return ops.cast(kernel, self.compute_dtype)
+
+    def logits(self, hidden_states, output_kernel=None):
+        """Float32 logits `[..., vocabulary]` of final hidden states (the tied output projection).
+
+        `output_kernel`: `self.output_kernel()`, computed once by a caller that projects many times.
+        """
+        if output_kernel is None:
+            return ops.cast(self.token_embedding(hidden_states, reverse=True), "float32")
+        return ops.cast(ops.matmul(hidden_states, output_kernel), "float32")
 
     def call(self, token_ids, padding_mask=None, cache=None, cache_index=None, training=None, return_hidden_states=False):
         start_index = 0 if cache is None else cache_index

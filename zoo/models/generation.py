@@ -167,7 +167,11 @@ def generate_tokens(
     # One cache per layer in the loop state (see Decoder's `cache`): updated in place.
     cache = ops.unstack(decoder.init_cache(batch_size, length), axis=1)
     start = ops.min(prompt_lengths)
-    cache, next_logits = _prefill(decoder, token_ids, start, cache)
+    # The output projection, transposed once before the loop (see Decoder.output_kernel): 1.1x
+    # faster decoding at batch 8 on a CPU. At a static batch of 1, XLA's fused transpose-and-dot
+    # (a dot per row of the token table, in its own layout) is faster than a vector-matrix product.
+    output_kernel = None if token_ids.shape[0] == 1 else decoder.output_kernel()
+    cache, next_logits = _prefill(decoder, token_ids, start, cache, output_kernel)
     stop_at = ops.minimum(prompt_lengths + ops.cast(max_new_tokens, "int32"), length)
     done = stop_at <= prompt_lengths
     end_token_id = ops.cast(end_token_id, "int32")
@@ -184,14 +188,14 @@ def generate_tokens(
         generated = ops.logical_and(ops.logical_not(in_prompt), ops.logical_not(done))
         finished = ops.logical_or(token == end_token_id, index + 1 >= stop_at)
         done = ops.logical_or(done, ops.logical_and(generated, finished))
-        step_logits, cache = decoder(token[:, None], cache=cache, cache_index=index)
-        return index + 1, token_ids, cache, step_logits[:, 0], done
+        hidden_states, cache = decoder(token[:, None], cache=cache, cache_index=index, return_hidden_states=True)
+        return index + 1, token_ids, cache, decoder.logits(hidden_states[:, 0], output_kernel), done
 
     _, token_ids, _, _, _ = ops.while_loop(should_continue, step, (start, token_ids, cache, next_logits, done))
     return token_ids
 
 
-def _prefill(decoder, token_ids, start, cache):
+def _prefill(decoder, token_ids, start, cache, output_kernel):
     """Fills the cache with positions `[0, start)`; returns it and the logits `[batch, vocabulary]` at `start - 1`.
 
     The decoding loop feeds every later position itself (the rest of longer prompts
@@ -218,7 +222,7 @@ def _prefill(decoder, token_ids, start, cache):
         lambda offset, cache, hidden_states: offset < start, run_chunk, (ops.convert_to_tensor(0, "int32"), cache, hidden_states)
     )
     last = ops.take(hidden_states, start - 1 - chunk_start(offset - chunk), axis=1)
-    return cache, decoder.logits(last)
+    return cache, decoder.logits(last, output_kernel)
 
 
 def compile_function(function, model):
