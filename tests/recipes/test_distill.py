@@ -132,7 +132,7 @@ def test_bad_teachers_fail_clearly(classification_csv, csv_teacher, tmp_path):
 def test_distilled_student_is_at_least_as_good_as_the_student_alone_on_wordnet(tmp_path):
     """A 2-layer hidden-64 teacher trained on all of WordNet's 4 default classes (2 epochs) teaches
     a 1-layer hidden-32 student that sees only 50 labelled glosses per class (120 steps each way)."""
-    data = dict(vocabulary_size=2000, sequence_length=32, warmup_steps=20)
+    data = dict(sequence_length=32, warmup_steps=20)  # the default vocabulary: the tokenizer the tiny classifier test trains
     teacher = recipes.get("classifier", num_layers=2, hidden_dim=64, num_heads=2, intermediate_dim=128,
                           batch_size=64, learning_rate=3e-3, **data)
     train, _ = teacher.datasets()
