@@ -237,7 +237,7 @@ def _cmd_learning_curve(args):
 def _cmd_export(args):
     from trainers.export_commands import export_run
 
-    export_run(args.run_dir, out=args.out, top_k=args.top_k)
+    export_run(args.run_dir, out=args.out, top_k=args.top_k, jit_compile=args.xla)
     return 0
 
 
@@ -396,6 +396,11 @@ def build_parser():
     export.add_argument("run_dir", help="a run directory, checkpoint directory or .keras file")
     export.add_argument("--out", help="export directory (default: saved_models/<run name>/<next version>)")
     export.add_argument("--top-k", type=int, help="bert-mlm: candidates per [MASK] (default 5)")
+    export.add_argument(
+        "--xla", action="store_true",
+        help="gpt-clm: compile the generate signature with XLA (4x faster on a CPU; the loading runtime "
+             "compiles once per batch size, and TF Serving needs XLA enabled)",
+    )
     export.set_defaults(handler=_cmd_export)
 
     predict = commands.add_parser("predict", help="classify texts with an exported classifier (SavedModel)")

@@ -98,6 +98,8 @@ def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None, jit_co
         )
     if int(top_k) < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    if jit_compile and recipe.name != "gpt-clm":
+        raise ValueError(f"jit_compile compiles gpt-clm's generate signature; a {recipe.name} export has none.")
     options = {"top_k": int(top_k), "jit_compile": bool(jit_compile)}
 
     parent = os.path.dirname(os.path.abspath(path))

@@ -63,9 +63,10 @@ def test_evaluate_export_and_generate(trained_run):
     assert {"loss", "accuracy", "perplexity"} <= set(metrics)
 
     export_dir = run_dir.parent / "export" / "1"
-    exported = zoo("export", run_dir, "--out", export_dir)
+    exported = zoo("export", run_dir, "--out", export_dir, "--xla")  # generate compiled with XLA in the SavedModel
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert os.path.exists(export_dir / "saved_model.pb")
+    assert json.loads((export_dir / "assets" / "zoo_metadata.json").read_text())["export_options"]["jit_compile"] is True
     generated = zoo("generate", export_dir, "def ", "--max-new-tokens", "5")
     assert generated.returncode == 0, generated.stderr[-3000:]
     assert generated.stdout.startswith("def ")

@@ -334,6 +334,8 @@ def test_export_errors_name_the_problem(exports, tmp_path):
     clone.name = "seq2seq"
     with pytest.raises(ValueError, match="exportable recipes: bert-mlm, classifier, gpt-clm"):
         export.export_recipe(clone, model, str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="jit_compile compiles gpt-clm's generate signature; a classifier export has none"):
+        export.export_recipe(recipe, model, str(tmp_path / "c"), jit_compile=True)
     assert os.listdir(tmp_path) == []
 
 
