@@ -28,6 +28,7 @@ FORMAT = "zoo.wordpiece/1"
 DEFAULT_MAX_TRAINING_CHARS = 4_000_000
 # Word counts are scaled by this (see `train_tokenizer`): minimum piece frequency 10 / 5 = 2.
 COUNT_SCALE = 5
+TRAINING_BATCH = 512  # texts per element of the dataset the vocabulary learner reads
 
 
 def default_cache_dir():
@@ -95,8 +96,11 @@ def train_tokenizer(
     sample = _training_sample(texts, max_training_chars)
     if not sample:
         raise ValueError("train_tokenizer needs at least one non-empty text.")
+    # Batched: the learner counts words in a Python loop over the dataset's elements, and one
+    # element per text made that loop most of the time on corpora of short texts (WordNet's
+    # glosses: 19 s -> 13 s, the same vocabulary).
     vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
-        tf.data.Dataset.from_tensor_slices(sample).repeat(COUNT_SCALE),
+        tf.data.Dataset.from_tensor_slices(sample).batch(TRAINING_BATCH).repeat(COUNT_SCALE),
         vocabulary_size,
         lowercase=lowercase,
         strip_accents=lowercase,

@@ -80,6 +80,24 @@ def test_uncased_tokenizer_folds_case_and_accents():
     assert uncased.vocabulary_size() == 60  # padded with [unusedN] beyond what was learned
 
 
+def test_vocabulary_equals_keras_hubs_learner_on_the_repeated_texts_one_by_one(monkeypatch):
+    # train_tokenizer feeds the learner batches of texts, COUNT_SCALE times over (for speed, and
+    # for the minimum piece frequency): the vocabulary must be the one keras-hub learns from
+    # the very same texts fed one element at a time. Fortunes: hundreds of short documents.
+    monkeypatch.setattr(tokenizers, "TRAINING_BATCH", 64)
+    texts = corpora.text_documents("fortunes", max_documents=150)
+    ours = tokenizers.train_tokenizer(texts, 400, lowercase=True).get_vocabulary()
+    reference = keras_hub.tokenizers.compute_word_piece_vocabulary(
+        tf.data.Dataset.from_tensor_slices(texts).repeat(tokenizers.COUNT_SCALE),
+        400, lowercase=True, strip_accents=True, reserved_tokens=tokenizers.SPECIAL_TOKENS,
+    )
+    reference = list(reference)[:400]
+    assert len(texts) > tokenizers.TRAINING_BATCH  # more than one batch
+    assert len(reference) > 150
+    assert list(ours[: len(reference)]) == reference
+    assert all(token.startswith("[unused") for token in ours[len(reference):])  # the filler
+
+
 def test_cache_is_written_atomically_and_reused(tmp_path, monkeypatch):
     calls = []
     real = keras_hub.tokenizers.compute_word_piece_vocabulary
