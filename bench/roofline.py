@@ -73,22 +73,23 @@ def parse_args():
 
 
 def dense(name, m, k, n):
-    """Forward and backward products of X[m,k] @ W[k,n]: (name, batch, rows, inner, cols, transpose_a, transpose_b)."""
+    """(kind, product) pairs, the forward and backward products of X[m,k] @ W[k,n]; a product is
+    (name, batch, rows, inner, cols, transpose_a, transpose_b)."""
     return [
-        (f"{name} forward", 1, m, k, n, False, False),
-        (f"{name} dX", 1, m, n, k, False, True),    # dY[m,n] @ W[k,n]^T
-        (f"{name} dW", 1, k, m, n, True, False),    # X[m,k]^T @ dY[m,n]
+        (name, (f"{name} forward", 1, m, k, n, False, False)),
+        (name, (f"{name} dX", 1, m, n, k, False, True)),    # dY[m,n] @ W[k,n]^T
+        (name, (f"{name} dW", 1, k, m, n, True, False)),    # X[m,k]^T @ dY[m,n]
     ]
 
 
 def attention(batch_heads, t, d):
     return [
-        ("scores Q K^T", batch_heads, t, d, t, False, True),
-        ("scores dQ = dS K", batch_heads, t, t, d, False, False),
-        ("scores dK = dS^T Q", batch_heads, t, t, d, True, False),
-        ("context P V", batch_heads, t, t, d, False, False),
-        ("context dP = dC V^T", batch_heads, t, d, t, False, True),
-        ("context dV = P^T dC", batch_heads, t, t, d, True, False),
+        ("scores", ("Q K^T", batch_heads, t, d, t, False, True)),
+        ("scores", ("dQ = dS K", batch_heads, t, t, d, False, False)),
+        ("scores", ("dK = dS^T Q", batch_heads, t, t, d, True, False)),
+        ("context", ("P V", batch_heads, t, t, d, False, False)),
+        ("context", ("dP = dC V^T", batch_heads, t, d, t, False, True)),
+        ("context", ("dV = P^T dC", batch_heads, t, t, d, True, False)),
     ]
 
 
@@ -98,7 +99,7 @@ def training_products(recipe, shape, masked_positions, num_classes):
     m = b * t
     layer = (dense("QKV projection", m, d, 3 * d) + attention(b * h, t, d // h) + dense("attention output", m, d, d)
              + dense("feed-forward in", m, d, f) + dense("feed-forward out", m, f, d))
-    products = [("layers", p) for _ in range(shape["num_layers"]) for p in layer]
+    products = layer * shape["num_layers"]
     if recipe == "gpt-clm":
         head = dense("vocabulary projection", m, d, v)
     elif recipe == "bert-mlm":
@@ -108,7 +109,7 @@ def training_products(recipe, shape, masked_positions, num_classes):
         head = dense("pooler", b, d, d) + dense("classes", b, d, num_classes)
     else:
         raise ValueError(f"Unknown recipe {recipe!r}; expected one of {', '.join(TRAIN_RECIPES)}.")
-    return products + [("head", p) for p in head]
+    return products + head
 
 
 def flops(product):
@@ -166,13 +167,14 @@ def peak_rate(args, tf):
 def training_floor(recipe, shape, args, tf):
     products = training_products(recipe, shape, common.MASKED_POSITIONS, common.NUM_CLASSES)
     one = product_function(tf)
+
     @tf.function(autograph=False)
     def empty(a):
         return tf.identity(a)
 
     overhead = median_call_s(empty, [tf.zeros([1])], args.repeats * 4)
     rows, all_operands = [], []
-    for index, (group, product) in enumerate(products):
+    for index, (kind, product) in enumerate(products):
         a, b = operands(product, tf, seed=index)
         all_operands.append((a, b))
         key = product[1:]
@@ -182,7 +184,7 @@ def training_floor(recipe, shape, args, tf):
         else:
             fn = lambda a, b, ta=product[5], tb=product[6]: one(a, b, ta, tb)  # noqa: E731
             seconds = max(median_call_s(fn, [a, b], args.repeats) - overhead, 0.0)
-        rows.append({"group": group, "name": product[0], "key": key, "flops": flops(product), "seconds": seconds})
+        rows.append({"kind": kind, "key": key, "flops": flops(product), "seconds": seconds})
 
     flags = [(p[5], p[6]) for _, p in products]
 
@@ -193,15 +195,9 @@ def training_floor(recipe, shape, args, tf):
 
     together = median_call_s(products_only_step, [t for pair in all_operands for t in pair], args.repeats) - overhead
     total_flops = sum(r["flops"] for r in rows)
-    by_group = {}
-    for r in rows:
-        g = by_group.setdefault(r["group"], {"flops": 0, "seconds": 0.0})
-        g["flops"] += r["flops"]
-        g["seconds"] += r["seconds"]
     by_kind = {}
     for r in rows:
-        kind = r["name"].rsplit(" ", 1)[0] if r["name"].endswith(("forward", "dX", "dW")) else r["name"].split(" ", 1)[0]
-        k = by_kind.setdefault(kind, {"flops": 0, "seconds": 0.0})
+        k = by_kind.setdefault(r["kind"], {"flops": 0, "seconds": 0.0})
         k["flops"] += r["flops"]
         k["seconds"] += r["seconds"]
     summed = sum(r["seconds"] for r in rows)
