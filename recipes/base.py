@@ -26,6 +26,11 @@ class RecipeConfig:
     num_heads: int = 2
     intermediate_dim: int = 512
     dropout: float = 0.1
+    # Initialisation: the standard deviation of the random weights (BERT's and GPT-2's 0.02).
+    # Encoder recipes draw from a truncated normal, decoder recipes from a normal with the
+    # projections into the residual stream scaled by 1/sqrt(2 x num_layers) (GPT-2). Every
+    # weight has its own seed, derived from `seed` and the weight's path.
+    initializer_range: float = 0.02
     # Data.
     data: str = "stdlib"
     batch_size: int = 32
@@ -124,6 +129,11 @@ class Recipe:
 
     def create_model(self):
         raise NotImplementedError
+
+    def kernel_initializer(self):
+        """BERT's initialisation, the encoder recipes' default: truncated normal(0, initializer_range)
+        (cut at two standard deviations), seeded with the config's `seed`."""
+        return keras.initializers.TruncatedNormal(stddev=self.config.initializer_range, seed=self.config.seed)
 
     def compile_model(self, model, total_steps=None, jit_compile="auto"):
         raise NotImplementedError

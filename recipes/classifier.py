@@ -100,7 +100,7 @@ class ClassifierRecipe(Recipe):
             encoder = Encoder(
                 self.model_vocabulary_size, c.sequence_length, c.num_layers, c.hidden_dim, c.num_heads,
                 c.intermediate_dim, dropout=c.dropout, activation=c.activation, num_segments=c.num_segments,
-                layer_norm_epsilon=c.layer_norm_epsilon, name="encoder",
+                layer_norm_epsilon=c.layer_norm_epsilon, kernel_initializer=self.kernel_initializer(), name="encoder",
             )
         model = self.task_model(encoder)
         if self._pretrained_encoder is not None:

@@ -1,6 +1,7 @@
 """`gpt-clm`: a GPT-style causal language model, trained on packed blocks of text, with generation."""
 
 import dataclasses
+import math
 
 import keras
 
@@ -51,8 +52,20 @@ class GPTCausalLMRecipe(Recipe):
             c.intermediate_dim, dropout=c.dropout, activation=c.activation,
             position_embedding_type=c.position_embedding_type, use_rotary=c.use_rotary,
             num_key_value_heads=c.num_key_value_heads or None, name="decoder",
+            kernel_initializer=self.kernel_initializer(), residual_kernel_initializer=self.residual_kernel_initializer(),
         )
         return CausalLM(decoder, name="gpt_clm")
+
+    def kernel_initializer(self):
+        """GPT-2's initialisation: normal(0, initializer_range) for projections and embeddings."""
+        return keras.initializers.RandomNormal(stddev=self.config.initializer_range, seed=self.config.seed)
+
+    def residual_kernel_initializer(self):
+        """GPT-2's scaled initialisation of the projections that add into the residual stream
+        (attention output, feed-forward output): the residual sum then keeps its variance with
+        depth, at stddev initializer_range / sqrt(2 x num_layers) (two such sums per block)."""
+        c = self.config
+        return keras.initializers.RandomNormal(stddev=c.initializer_range / math.sqrt(2 * c.num_layers), seed=c.seed)
 
     def compile_model(self, model, total_steps=None, jit_compile="auto"):
         # SparseAccuracy: Keras' accuracy numbers without its argmax over every position's logits

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from zoo.layers.initializers import clone_initializer
+
 POOLINGS = ("cls", "mean")
 
 
@@ -38,7 +40,8 @@ class ClassificationHead(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
         self.output_dense = keras.layers.Dense(
-            num_classes, kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="logits"
+            num_classes, kernel_initializer=clone_initializer(self.kernel_initializer, "logits"),
+            dtype=self.dtype_policy, name="logits",
         )
 
     def build(self, inputs_shape, padding_mask_shape=None):

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from zoo.layers.initializers import clone_initializer
+
 ACTIVATIONS = ("gelu", "gelu_approximate", "relu", "swiglu")
 
 
@@ -16,7 +18,10 @@ class FeedForward(keras.layers.Layer):
             "swiglu" (`silu(x W_gate) * (x W_up)`, as in LLaMA; adds a gate projection).
         dropout: dropout rate after the activation.
         use_bias: whether the projections have biases.
-        kernel_initializer, bias_initializer: initialisers for the projections.
+        kernel_initializer, bias_initializer: initialisers for the projections (each projection
+            gets its own clone, seeded from this one's seed and the projection's name).
+        output_kernel_initializer: initialiser of the output projection (GPT-2 scales the
+            projections into the residual stream down); defaults to `kernel_initializer`.
 
     Call arguments:
         inputs: `[..., hidden]`.
@@ -35,6 +40,7 @@ class FeedForward(keras.layers.Layer):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        output_kernel_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -46,14 +52,17 @@ class FeedForward(keras.layers.Layer):
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.output_kernel_initializer = (
+            None if output_kernel_initializer is None else keras.initializers.get(output_kernel_initializer)
+        )
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
-    def _dense(self, units, name):
+    def _dense(self, units, name, kernel_initializer=None):
         return keras.layers.Dense(
             units,
             use_bias=self.use_bias,
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
+            kernel_initializer=clone_initializer(kernel_initializer or self.kernel_initializer, name),
+            bias_initializer=clone_initializer(self.bias_initializer, name),
             dtype=self.dtype_policy,
             name=name,
         )
@@ -66,7 +75,7 @@ class FeedForward(keras.layers.Layer):
         if self.activation == "swiglu":
             self.gate_dense = self._dense(self.intermediate_dim, "gate")
             self.gate_dense.build(inputs_shape)
-        self.output_dense = self._dense(hidden_dim, "output")
+        self.output_dense = self._dense(hidden_dim, "output", self.output_kernel_initializer)
         self.output_dense.build(tuple(inputs_shape[:-1]) + (self.intermediate_dim,))
         self.built = True
 
@@ -92,5 +101,9 @@ class FeedForward(keras.layers.Layer):
             use_bias=self.use_bias,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            output_kernel_initializer=(
+                None if self.output_kernel_initializer is None
+                else keras.initializers.serialize(self.output_kernel_initializer)
+            ),
         )
         return config

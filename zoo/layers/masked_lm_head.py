@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from zoo.layers.initializers import clone_initializer
+
 
 @keras.saving.register_keras_serializable(package="zoo")
 class MaskedLMHead(keras.layers.Layer):
@@ -54,7 +56,7 @@ class MaskedLMHead(keras.layers.Layer):
         hidden_dim = inputs_shape[-1]
         policy = self.dtype_policy
         self.transform = keras.layers.Dense(
-            hidden_dim, activation=self.activation, kernel_initializer=self.kernel_initializer,
+            hidden_dim, activation=self.activation, kernel_initializer=clone_initializer(self.kernel_initializer, "transform"),
             dtype=policy, name="transform",
         )
         self.transform.build((None, None, hidden_dim))
@@ -63,7 +65,8 @@ class MaskedLMHead(keras.layers.Layer):
         self.output_projection = None
         if self.token_embedding is None:
             self.output_projection = keras.layers.Dense(
-                self.vocabulary_size, use_bias=False, kernel_initializer=self.kernel_initializer,
+                self.vocabulary_size, use_bias=False,
+                kernel_initializer=clone_initializer(self.kernel_initializer, "output_projection"),
                 dtype=policy, name="output_projection",
             )
             self.output_projection.build((None, None, hidden_dim))

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from zoo.layers.initializers import clone_initializer
 from zoo.layers.rotary_embedding import RotaryEmbedding
 
 # Added to the scores of masked positions. Softmax runs in float32 (see `_attend`), so this
@@ -36,7 +37,10 @@ class MultiHeadAttention(keras.layers.Layer):
         use_rotary: apply rotary position embedding to queries and keys.
         rotary_max_wavelength: the `max_wavelength` of that rotary embedding.
         output_dim: size of the output features; defaults to the query's hidden size.
-        kernel_initializer, bias_initializer: initialisers for the projections.
+        kernel_initializer, bias_initializer: initialisers for the projections. Each weight
+            gets its own clone, seeded from this one's seed and the weight's name.
+        output_kernel_initializer: initialiser of `output_kernel` (GPT-2 scales the
+            projections into the residual stream down); defaults to `kernel_initializer`.
 
     Call arguments:
         query: `[batch, target_length, hidden]`.
@@ -70,6 +74,7 @@ class MultiHeadAttention(keras.layers.Layer):
         output_dim=None,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        output_kernel_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -89,6 +94,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self.output_dim = output_dim
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.output_kernel_initializer = (
+            None if output_kernel_initializer is None else keras.initializers.get(output_kernel_initializer)
+        )
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
         self.rotary_embedding = (
             RotaryEmbedding(max_wavelength=rotary_max_wavelength, dtype=self.dtype_policy) if use_rotary else None
@@ -100,11 +108,13 @@ class MultiHeadAttention(keras.layers.Layer):
         self.is_cross_attention = value_shape is not None
         heads, kv_heads, head_dim = self.num_heads, self.num_key_value_heads, self.head_dim
 
-        def kernel(name, shape):
-            return self.add_weight(name=name, shape=shape, initializer=self.kernel_initializer)
+        def kernel(name, shape, initializer=self.kernel_initializer):
+            return self.add_weight(name=name, shape=shape, initializer=clone_initializer(initializer, name))
 
         def bias(name, shape):
-            return self.add_weight(name=name, shape=shape, initializer=self.bias_initializer) if self.use_bias else None
+            if not self.use_bias:
+                return None
+            return self.add_weight(name=name, shape=shape, initializer=clone_initializer(self.bias_initializer, name))
 
         if self.is_cross_attention:
             self.query_kernel = kernel("query_kernel", (hidden_dim, heads, head_dim))
@@ -115,7 +125,9 @@ class MultiHeadAttention(keras.layers.Layer):
             self.qkv_kernel = kernel("qkv_kernel", (hidden_dim, heads + 2 * kv_heads, head_dim))
             self.qkv_bias = bias("qkv_bias", (heads + 2 * kv_heads, head_dim))
         output_dim = self.output_dim or hidden_dim
-        self.output_kernel = kernel("output_kernel", (heads, head_dim, output_dim))
+        self.output_kernel = kernel(
+            "output_kernel", (heads, head_dim, output_dim), self.output_kernel_initializer or self.kernel_initializer
+        )
         self.output_bias = bias("output_bias", (output_dim,))
         self.built = True
 
@@ -257,5 +269,9 @@ class MultiHeadAttention(keras.layers.Layer):
             output_dim=self.output_dim,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            output_kernel_initializer=(
+                None if self.output_kernel_initializer is None
+                else keras.initializers.serialize(self.output_kernel_initializer)
+            ),
         )
         return config

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from zoo.layers.initializers import clone_initializer
 from zoo.layers.position_embedding import PositionEmbedding
 from zoo.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
 
@@ -60,12 +61,13 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         policy = self.dtype_policy
         self.token_embedding = keras.layers.ReversibleEmbedding(
-            vocabulary_size, hidden_dim, embeddings_initializer=self.embeddings_initializer,
+            vocabulary_size, hidden_dim, embeddings_initializer=clone_initializer(self.embeddings_initializer, "token_embedding"),
             dtype=policy, name="token_embedding",
         )
         if position_embedding_type == "learned":
             self.position_embedding = PositionEmbedding(
-                sequence_length, initializer=self.embeddings_initializer, dtype=policy, name="position_embedding"
+                sequence_length, initializer=clone_initializer(self.embeddings_initializer, "position_embedding"),
+                dtype=policy, name="position_embedding",
             )
         elif position_embedding_type == "sinusoidal":
             self.position_embedding = SinusoidalPositionEncoding(dtype=policy, name="position_embedding")
@@ -73,7 +75,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             self.position_embedding = None
         self.segment_embedding = (
             keras.layers.Embedding(
-                num_segments, hidden_dim, embeddings_initializer=self.embeddings_initializer,
+                num_segments, hidden_dim,
+                embeddings_initializer=clone_initializer(self.embeddings_initializer, "segment_embedding"),
                 dtype=policy, name="segment_embedding",
             )
             if num_segments

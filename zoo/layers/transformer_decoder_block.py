@@ -44,8 +44,8 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
             policy = self.dtype_policy
             self.cross_attention_layer = MultiHeadAttention(
                 num_heads, num_key_value_heads=self.num_key_value_heads, dropout=self.attention_dropout,
-                use_bias=self.use_bias, kernel_initializer=self.kernel_initializer, dtype=policy,
-                name="cross_attention",
+                use_bias=self.use_bias, dtype=policy, name="cross_attention",
+                **self.sublayer_initializers("cross_attention"),
             )
             self.cross_attention_norm = make_norm(self.normalization, self.layer_norm_epsilon, policy, "cross_attention_norm")
 

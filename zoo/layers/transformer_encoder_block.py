@@ -3,6 +3,7 @@
 import keras
 
 from zoo.layers.feed_forward import FeedForward
+from zoo.layers.initializers import clone_pair
 from zoo.layers.multi_head_attention import MultiHeadAttention
 from zoo.layers.residual_block import make_norm, residual
 
@@ -26,7 +27,11 @@ class TransformerEncoderBlock(keras.layers.Layer):
         num_key_value_heads: grouped-query attention (see `MultiHeadAttention`).
         use_rotary: rotary position embedding inside attention.
         use_bias: biases in the projections.
-        kernel_initializer: initialiser of every projection.
+        kernel_initializer: initialiser of the projections; each sublayer gets its own clone,
+            seeded from this one's seed and the sublayer's name.
+        residual_kernel_initializer: initialiser of the two projections that write into the
+            residual stream (attention output, feed-forward output); defaults to
+            `kernel_initializer`. GPT-2 scales them by 1/sqrt(2 x layers).
 
     Call arguments:
         inputs: `[batch, sequence, hidden]`.
@@ -58,6 +63,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         use_rotary=False,
         use_bias=True,
         kernel_initializer="glorot_uniform",
+        residual_kernel_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -74,19 +80,27 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.use_rotary = use_rotary
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.residual_kernel_initializer = (
+            None if residual_kernel_initializer is None else keras.initializers.get(residual_kernel_initializer)
+        )
         policy = self.dtype_policy
         self.attention = MultiHeadAttention(
             num_heads, num_key_value_heads=num_key_value_heads, causal=self._causal, dropout=self.attention_dropout,
-            use_bias=use_bias, use_rotary=use_rotary, kernel_initializer=self.kernel_initializer,
-            dtype=policy, name="self_attention",
+            use_bias=use_bias, use_rotary=use_rotary, dtype=policy, name="self_attention",
+            **self.sublayer_initializers("self_attention"),
         )
         self.attention_norm = make_norm(normalization, layer_norm_epsilon, policy, "self_attention_norm")
         self.feed_forward = FeedForward(
             intermediate_dim, activation=activation, dropout=feed_forward_dropout, use_bias=use_bias,
-            kernel_initializer=self.kernel_initializer, dtype=policy, name="feed_forward",
+            dtype=policy, name="feed_forward", **self.sublayer_initializers("feed_forward"),
         )
         self.feed_forward_norm = make_norm(normalization, layer_norm_epsilon, policy, "feed_forward_norm")
         self.residual_dropout = keras.layers.Dropout(dropout, dtype=policy)
+
+    def sublayer_initializers(self, name):
+        """`kernel_initializer` and `output_kernel_initializer` for the sublayer `name`, seeded for it."""
+        kernel, output = clone_pair(self.kernel_initializer, self.residual_kernel_initializer, name)
+        return {"kernel_initializer": kernel, "output_kernel_initializer": output}
 
     def build(self, inputs_shape):
         for layer in (self.attention, self.attention_norm, self.feed_forward, self.feed_forward_norm):
@@ -123,5 +137,9 @@ class TransformerEncoderBlock(keras.layers.Layer):
             use_rotary=self.use_rotary,
             use_bias=self.use_bias,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            residual_kernel_initializer=(
+                None if self.residual_kernel_initializer is None
+                else keras.initializers.serialize(self.residual_kernel_initializer)
+            ),
         )
         return config

@@ -2,6 +2,7 @@
 
 import keras
 
+from zoo.layers.initializers import clone_initializer, clone_pair
 from zoo.layers.residual_block import make_norm
 from zoo.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from zoo.layers.transformer_encoder_block import TransformerEncoderBlock
@@ -27,7 +28,12 @@ class Encoder(keras.layers.Layer):
         position_embedding_type: "learned", "sinusoidal" or "none" (with `use_rotary`).
         use_rotary: rotary position embedding inside attention.
         num_key_value_heads: grouped-query attention.
-        kernel_initializer: initialiser of the projections and embeddings.
+        kernel_initializer: initialiser of the projections and embeddings. Every weight gets its
+            own clone, seeded from this one's seed and the weight's path (`block_1/...`): give it
+            a seed for a reproducible model. The recipes use GPT-2's and BERT's conventions.
+        residual_kernel_initializer: initialiser of the projections into the residual stream
+            (each block's attention output and feed-forward output); defaults to
+            `kernel_initializer`. GPT-2 uses its stddev / sqrt(2 x num_layers).
 
     Call arguments:
         token_ids: `[batch, sequence]`.
@@ -60,6 +66,7 @@ class Encoder(keras.layers.Layer):
         use_rotary=False,
         num_key_value_heads=None,
         kernel_initializer="glorot_uniform",
+        residual_kernel_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -79,10 +86,13 @@ class Encoder(keras.layers.Layer):
         self.use_rotary = use_rotary
         self.num_key_value_heads = num_key_value_heads
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.residual_kernel_initializer = (
+            None if residual_kernel_initializer is None else keras.initializers.get(residual_kernel_initializer)
+        )
         policy = self.dtype_policy
         self.embeddings = TokenAndPositionEmbedding(
             vocabulary_size, sequence_length, hidden_dim, num_segments=num_segments,
-            position_embedding_type=position_embedding_type, embeddings_initializer=self.kernel_initializer,
+            position_embedding_type=position_embedding_type, embeddings_initializer=clone_initializer(self.kernel_initializer, "embeddings"),
             dtype=policy, name="embeddings",
         )
         # Post-norm normalises the embeddings; pre-norm normalises the last block's output.
@@ -93,10 +103,14 @@ class Encoder(keras.layers.Layer):
                 num_heads, intermediate_dim, dropout=dropout, activation=activation, norm_first=norm_first,
                 normalization=normalization, layer_norm_epsilon=layer_norm_epsilon,
                 num_key_value_heads=num_key_value_heads, use_rotary=use_rotary,
-                kernel_initializer=self.kernel_initializer, dtype=policy, name=f"block_{index}",
+                dtype=policy, name=f"block_{index}", **self._block_initializers(index),
             )
             for index in range(num_layers)
         ]
+
+    def _block_initializers(self, index):
+        kernel, residual = clone_pair(self.kernel_initializer, self.residual_kernel_initializer, f"block_{index}")
+        return {"kernel_initializer": kernel, "residual_kernel_initializer": residual}
 
     @property
     def token_embedding(self):
@@ -142,5 +156,9 @@ class Encoder(keras.layers.Layer):
             use_rotary=self.use_rotary,
             num_key_value_heads=self.num_key_value_heads,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            residual_kernel_initializer=(
+                None if self.residual_kernel_initializer is None
+                else keras.initializers.serialize(self.residual_kernel_initializer)
+            ),
         )
         return config

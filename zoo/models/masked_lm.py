@@ -2,6 +2,7 @@
 
 import keras
 
+from zoo.layers.initializers import clone_initializer
 from zoo.layers.masked_lm_head import MaskedLMHead
 from zoo.models.metrics import TokenLossSharing
 
@@ -16,7 +17,7 @@ class MaskedLM(TokenLossSharing, keras.Model):
     labels and the mask weights as sample weights (padding predictions weigh 0).
 
     Args:
-        encoder: a `zoo.models.Encoder`.
+        encoder: a `zoo.models.Encoder`. The head's weights follow its `kernel_initializer`.
     """
 
     def __init__(self, encoder, **kwargs):
@@ -29,6 +30,7 @@ class MaskedLM(TokenLossSharing, keras.Model):
         head = MaskedLMHead(
             encoder.vocabulary_size, token_embedding=encoder.token_embedding, activation=encoder.activation,
             layer_norm_epsilon=encoder.layer_norm_epsilon, dtype=encoder.dtype_policy, name="mlm_head",
+            kernel_initializer=clone_initializer(encoder.kernel_initializer, "mlm_head"),
         )
         logits = head(sequence, mask_positions=inputs["mask_positions"])
         super().__init__(inputs=inputs, outputs=logits, **kwargs)

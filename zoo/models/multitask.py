@@ -18,6 +18,7 @@ from keras import ops
 from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_distribution
 
 from zoo.layers.classification_head import ClassificationHead
+from zoo.layers.initializers import clone_initializer
 from zoo.layers.masked_lm_head import MaskedLMHead
 from zoo.models.encoder import Encoder
 from zoo.models.text_classifier import TextClassifier
@@ -127,6 +128,7 @@ class MultiTaskModel(keras.Model):
         mlm_head = MaskedLMHead(
             encoder.vocabulary_size, token_embedding=encoder.token_embedding, activation=encoder.activation,
             layer_norm_epsilon=encoder.layer_norm_epsilon, dtype=encoder.dtype_policy, name="mlm_head",
+            kernel_initializer=clone_initializer(encoder.kernel_initializer, "mlm_head"),
         )
         mlm_logits = mlm_head(masked_sequence, mask_positions=inputs["mask_positions"])
         if classification_input == "clean":
@@ -134,7 +136,8 @@ class MultiTaskModel(keras.Model):
         else:
             sequence = masked_sequence
         classification_head = ClassificationHead(
-            num_classes, pooling=pooling, dropout=dropout, dtype=encoder.dtype_policy, name="classification_head"
+            num_classes, pooling=pooling, dropout=dropout, dtype=encoder.dtype_policy, name="classification_head",
+            kernel_initializer=clone_initializer(encoder.kernel_initializer, "classification_head"),
         )
         classification_logits = classification_head(sequence, padding_mask=inputs["padding_mask"])
         super().__init__(inputs=inputs, outputs={"mlm": mlm_logits, "classification": classification_logits}, **kwargs)

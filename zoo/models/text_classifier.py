@@ -3,6 +3,7 @@
 import keras
 
 from zoo.layers.classification_head import ClassificationHead
+from zoo.layers.initializers import clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -10,7 +11,7 @@ class TextClassifier(keras.Model):
     """Maps `{"token_ids", "padding_mask"}` (`[batch, sequence]` each) to float32 class logits `[batch, num_classes]`.
 
     Args:
-        encoder: a `zoo.models.Encoder`.
+        encoder: a `zoo.models.Encoder`. The head's weights follow its `kernel_initializer`.
         num_classes: number of labels.
         pooling: "cls" or "mean" (see `ClassificationHead`).
         dropout: dropout before the output layer.
@@ -22,7 +23,10 @@ class TextClassifier(keras.Model):
             "padding_mask": keras.Input(shape=(None,), dtype="bool", name="padding_mask"),
         }
         sequence = encoder(inputs["token_ids"], padding_mask=inputs["padding_mask"])
-        head = ClassificationHead(num_classes, pooling=pooling, dropout=dropout, dtype=encoder.dtype_policy, name="classification_head")
+        head = ClassificationHead(
+            num_classes, pooling=pooling, dropout=dropout, dtype=encoder.dtype_policy, name="classification_head",
+            kernel_initializer=clone_initializer(encoder.kernel_initializer, "classification_head"),
+        )
         logits = head(sequence, padding_mask=inputs["padding_mask"])
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.encoder = encoder
