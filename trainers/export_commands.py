@@ -7,6 +7,11 @@ them. `serve` runs the TF-Serving-compatible HTTP server of `zoo.serving`.
 
 An export directory may be given as a version directory (`saved_models/gpt-clm-tiny/3`) or as
 a model directory holding integer versions (`saved_models/gpt-clm-tiny`: the highest is used).
+
+Problems a user can fix raise ValueError (or FileNotFoundError / FileExistsError) with one line
+that names the file or the value and what to do, which the CLI prints with exit status 2: an
+existing export directory, a malformed `zoo_metadata.json`, a truncated `saved_model.pb` or
+variables file, and generation settings the export's signature rejects.
 """
 
 import dataclasses
@@ -34,6 +39,11 @@ def export_run(run_dir, out=None, top_k=None, metrics=None, export_root=DEFAULT_
     from recipes.base import load_checkpoint
     from zoo.export import DEFAULT_TOP_K, export_recipe
 
+    if out is not None and os.path.lexists(out):  # before the checkpoint is loaded: fail fast
+        raise FileExistsError(
+            f"Export directory {out!r} already exists; exports are never overwritten: give another --out "
+            "(or leave it out for the next version)."
+        )
     checkpoint_dir = _checkpoint_directory(run_dir)
     model, tokenizer, config = load_checkpoint(checkpoint_dir)
     if not config:
@@ -94,17 +104,13 @@ def _run_name(run_dir):
 
 
 def load_export(export_dir):
-    """(the loaded SavedModel, its zoo metadata) from a version or model directory."""
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401 - registers the tokenizer's ops
+    """(the loaded SavedModel, its zoo metadata) from a version or model directory.
 
-    directory = resolve_export(export_dir)
-    metadata_path = os.path.join(directory, "assets", "zoo_metadata.json")
-    metadata = {}
-    if os.path.exists(metadata_path):
-        with open(metadata_path, encoding="utf-8") as f:
-            metadata = json.load(f)
-    return tf.saved_model.load(directory), metadata
+    A malformed metadata file or a truncated SavedModel raises ValueError naming the file.
+    """
+    from zoo.serving import load_export_directory
+
+    return load_export_directory(resolve_export(export_dir))
 
 
 def resolve_export(export_dir):
@@ -188,9 +194,11 @@ def generate(export_dir, prompt, max_new_tokens=None, temperature=None, top_k=No
 
     Settings left as None take the export's defaults (greedy, `sample_tokens` new tokens).
     Prints each prompt followed by its continuation; returns the continuation (a list for a
-    list of prompts).
+    list of prompts). Settings the export rejects raise ValueError with its one-line rule.
     """
     import tensorflow as tf
+
+    from zoo.serving import graph_error_text
 
     loaded, metadata = load_export(export_dir)
     if "generate" not in loaded.signatures:
@@ -199,15 +207,21 @@ def generate(export_dir, prompt, max_new_tokens=None, temperature=None, top_k=No
     defaults.update((metadata.get("signature_defaults") or {}).get("generate") or {})
     given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
     settings = {name: defaults[name] if value is None else value for name, value in given.items()}
+    for name in ("max_new_tokens", "top_k", "seed"):
+        if not -(2**31) <= int(settings[name]) < 2**31:
+            raise ValueError(f"{name} must fit in int32, got {settings[name]}.")
     prompts = _as_list(prompt)
-    outputs = loaded.signatures["generate"](
-        prompt=tf.constant(prompts, tf.string),
-        max_new_tokens=tf.constant(int(settings["max_new_tokens"]), tf.int32),
-        temperature=tf.constant(float(settings["temperature"]), tf.float32),
-        top_k=tf.constant(int(settings["top_k"]), tf.int32),
-        top_p=tf.constant(float(settings["top_p"]), tf.float32),
-        seed=tf.constant(int(settings["seed"]), tf.int32),
-    )
+    try:
+        outputs = loaded.signatures["generate"](
+            prompt=tf.constant(prompts, tf.string),
+            max_new_tokens=tf.constant(int(settings["max_new_tokens"]), tf.int32),
+            temperature=tf.constant(float(settings["temperature"]), tf.float32),
+            top_k=tf.constant(int(settings["top_k"]), tf.int32),
+            top_p=tf.constant(float(settings["top_p"]), tf.float32),
+            seed=tf.constant(int(settings["seed"]), tf.int32),
+        )
+    except tf.errors.InvalidArgumentError as error:  # the signature's checks: the same rule as a server's
+        raise ValueError(graph_error_text(error.message)) from error
     continuations = [text.decode("utf-8", errors="replace") for text in outputs["text"].numpy()]
     for text, continuation in zip(prompts, continuations):
         print(text + continuation)

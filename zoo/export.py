@@ -12,7 +12,8 @@ classifier
     `classify` (also `serving_default`): text string [B] ->
         label string [B], label_id int32 [B], probabilities float32 [B, C], logits float32 [B, C].
     `classify_ids`: token_ids int32 [B, T], padding_mask int32 [B, T] (1 at real tokens) ->
-        the same outputs. T must not exceed `sequence_length`.
+        the same outputs. T must not exceed `sequence_length`, ids must lie in
+        [0, vocabulary_size) and the mask hold only 0 and 1.
 bert-mlm
     `fill_mask` (also `serving_default`): text string [B], each with zero or more "[MASK]" ->
         tokens string [B, M, k], scores float32 [B, M, k] (softmax probabilities, best first),
@@ -23,39 +24,59 @@ bert-mlm
     its rows `num_masks..M-1` padded with token "", token id -1 and score 0. k is fixed at
     export (`top_k`). Masks cut off by truncation are not predicted (they are not counted).
 gpt-clm
-    `generate` (also `serving_default`): prompt string [B], max_new_tokens int32 [],
-        temperature float32 [], top_k int32 [], top_p float32 [], seed int32 [] ->
-        text string [B], the continuation only (without the prompt), which stops before the
-        end-of-document token [SEP].
+    `generate` (also `serving_default`): prompt string [B], and the settings max_new_tokens
+        int32, temperature float32, top_k int32, top_p float32, seed int32, each of shape []
+        (one setting for the batch) or [B] (one per row) -> text string [B], the continuation
+        only (without the prompt), which stops before the end-of-document token [SEP].
     `generate_ids`: token_ids int32 [B, T] right-padded prompts (each must start as the
-        client wants it to; `generate` puts [SEP] first), lengths int32 [B] (each >= 1), and
-        the same five scalars -> token_ids int32 [B, max_new_tokens] (new tokens, the end
-        token included when produced, padded with 0), lengths int32 [B].
+        client wants it to; `generate` puts [SEP] first; ids in [0, vocabulary_size)),
+        lengths int32 [B] (each in [1, T]), and the same five settings -> token_ids int32
+        [B, N] (new tokens, the end token included when produced, padded with 0; N is the
+        largest max_new_tokens), lengths int32 [B].
+
+    The settings have an unknown rank in the signature so that both shapes pass: a scalar is
+    what clients have always sent, and a vector is what TF Serving's row format makes of
+    instances that each carry their own settings (`zoo serve` does the same), so instances
+    with different seeds or temperatures run as one batch.
 
 Truncation: encoder texts become `[CLS] tokens [SEP]` and keep their first
 `sequence_length - 2` tokens. Generation runs in a buffer of the model's `sequence_length`
 tokens: a prompt (with its leading [SEP]) keeps its last `sequence_length - max_new_tokens`
-tokens; `max_new_tokens` must lie in [1, sequence_length - 1] (else InvalidArgument).
-Greedy decoding is `temperature <= 0`; `top_k <= 0` and `top_p >= 1` disable those filters.
+tokens.
+
+Every input is checked inside the signature before any other work (so TF Serving, `zoo serve`
+and any client get the same rules), failing with InvalidArgument and a one-line message that
+names the input and the bad values: a non-empty batch, `1 <= max_new_tokens <= sequence_length
+- 1`, a finite `temperature >= 0` (0 is greedy), `0 < top_p <= 1` (1: no limit), `top_k >= 0`
+(0: no limit), token ids within the vocabulary, padding masks of 0 and 1.
 
 Generation uses `zoo.models.generation.generate_tokens` (a `tf.while_loop` with the KV cache)
 over the whole batch; `jit_compile=True` compiles it with XLA inside the SavedModel (faster,
 but see `export_recipe`). Sampling noise depends on the seed, the step and the row's place in the
-batch: the same batch, settings and seed give the same text.
+batch: the same batch, settings and seed give the same text. A scalar setting computes exactly
+what the same value repeated per row does.
 
 Layout: a standard SavedModel (`saved_model.pb`, `variables/`) plus `assets/vocab.txt`,
 `assets/tokenizer.json` (the vocabulary and options, as `zoo.data.tokenizer.save_tokenizer`
 writes them) and `assets/zoo_metadata.json` (recipe, resolved config, label names, metrics,
 signature descriptions and defaults, library versions). The export is written to a hidden
 temporary sibling directory and renamed into place, so `path` either does not exist or holds
-a complete export; an existing `path` is never overwritten.
+a complete export; an existing `path` is never overwritten. Temporary directories that a killed
+export left behind are removed by the next export into the same model directory. Files are
+written with the umask's permissions (0644 under the usual umask 022), and the metadata is
+strict JSON (a non-finite metric is written as null).
 """
 
 import datetime
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import socket
 import sys
+import time
 import uuid
 
 import keras
@@ -64,6 +85,12 @@ import tensorflow as tf
 METADATA_FILE = "zoo_metadata.json"
 METADATA_FORMAT = "zoo.export/1"
 DEFAULT_TOP_K = 5
+# A temporary export directory: `.<version>.tmp-<host>-<pid>-<random>`; older versions of this
+# module wrote `.<version>.tmp-<random>`.
+_TEMPORARY = re.compile(r"^\.(?P<target>[^/]+)\.tmp-(?:(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-)?[0-9a-f]{12}$")
+# A temporary directory without a (host, pid) owner, or another host's, counts as abandoned
+# once nothing in it has changed for this long.
+STALE_TEMPORARY_SECONDS = 24 * 3600
 
 
 def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None, jit_compile=False):
@@ -94,7 +121,8 @@ def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None, jit_co
         raise ValueError("recipe.tokenizer is not set: load it with the checkpoint (or call datasets()) before exporting.")
     if os.path.lexists(path):
         raise FileExistsError(
-            f"Export path {path!r} already exists; exports are never overwritten. Pick a new version directory."
+            f"Export path {path!r} already exists; exports are never overwritten: pick a new version "
+            "directory (or leave --out unset for the next version)."
         )
     if int(top_k) < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
@@ -104,9 +132,12 @@ def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None, jit_co
 
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    remove_stale_temporaries(parent)
     # A hidden sibling (servers skip non-integer names), made with os.mkdir so that it gets the
-    # umask's permissions rather than mkdtemp's owner-only ones.
-    temporary = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.tmp-{uuid.uuid4().hex[:12]}")
+    # umask's permissions rather than mkdtemp's owner-only ones. Its name says which process
+    # owns it, so that a later export can tell an abandoned one from one still being written.
+    owner = f"{_host_id()}-{os.getpid()}"
+    temporary = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.tmp-{owner}-{uuid.uuid4().hex[:12]}")
     os.mkdir(temporary)
     try:
         archive = keras.export.ExportArchive()
@@ -119,6 +150,7 @@ def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None, jit_co
         signatures, defaults = builders[recipe.name](archive, recipe, model, options)
         archive.write_out(temporary, verbose=False)
         _write_assets(temporary, recipe, signatures, defaults, options, metrics)
+        _make_readable(temporary)
         if os.path.lexists(path):
             raise FileExistsError(f"Export path {path!r} appeared while exporting; not overwriting it.")
         os.rename(temporary, path)
@@ -129,9 +161,101 @@ def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None, jit_co
 
 
 def read_metadata(export_dir):
-    """The `zoo_metadata.json` of an export, as a dict (needs no TensorFlow)."""
-    with open(os.path.join(export_dir, "assets", METADATA_FILE), encoding="utf-8") as f:
-        return json.load(f)
+    """The `zoo_metadata.json` of an export, as a dict (needs no TensorFlow).
+
+    A file that is not a JSON object raises ValueError (`zoo.serving.ExportLoadError`) naming it.
+    """
+    from zoo.serving import read_export_metadata
+
+    path = os.path.join(export_dir, "assets", METADATA_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No {path}: {export_dir!r} is not a zoo export, or an incomplete copy of one.")
+    return read_export_metadata(export_dir)
+
+
+def remove_stale_temporaries(model_dir):
+    """Removes the temporary export directories in `model_dir` whose export is gone; returns their paths.
+
+    A directory named for a process on this host is stale once that process has ended (a
+    killed export); any other (an older naming scheme, or another host's over a shared
+    filesystem) once nothing in it has changed for `STALE_TEMPORARY_SECONDS`.
+    """
+    removed = []
+    try:
+        entries = os.listdir(model_dir)
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMPORARY.match(entry)
+        directory = os.path.join(model_dir, entry)
+        if not match or not os.path.isdir(directory) or os.path.islink(directory):
+            continue
+        if match.group("host") == _host_id():
+            stale = not _process_alive(int(match.group("pid")))
+        else:
+            stale = now - _last_change(directory) > STALE_TEMPORARY_SECONDS
+        if stale:
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+
+
+def _host_id():
+    return hashlib.sha1(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _last_change(directory):
+    latest = os.lstat(directory).st_mtime
+    for root, directories, files in os.walk(directory):
+        for name in directories + files:
+            try:
+                latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                pass
+    return latest
+
+
+def _current_umask():
+    """The process's umask, read without changing it where Linux shows it (os.umask can only
+    read it by setting it, which races with files other threads create meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def _make_readable(directory):
+    """Gives every file and directory of the export the umask's permissions.
+
+    Some writers (the tokenizer's atomic writes, through mkstemp) create owner-only files, which
+    a serving process running as another user could not read.
+    """
+    umask = _current_umask()
+    for root, directories, files in os.walk(directory):
+        for name in directories:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+    os.chmod(directory, 0o777 & ~umask)
 
 
 # -- text to token ids, in the graph -----------------------------------------------------------
@@ -184,17 +308,47 @@ class _Preprocessor:
         return token_ids, tf.sequence_mask(packed.row_lengths(), tf.shape(token_ids)[1])
 
 
-def _check_ids(token_ids, padding_mask, sequence_length):
-    with tf.control_dependencies([
-        tf.debugging.assert_less_equal(
-            tf.shape(token_ids)[1], sequence_length,
-            message=f"token_ids has more positions than the model's sequence_length ({sequence_length})",
+def _require(condition, message, values=None, label="got"):
+    """An assertion that `condition` holds everywhere; it fails with `message` and the first
+    offending `values` (InvalidArgument: "assertion failed: [message] [got] [values]")."""
+    condition = tf.convert_to_tensor(condition)
+    data = [message]
+    if values is not None and condition.shape.rank == 0:  # a condition on the whole tensor: show it
+        data += [label, values]
+    elif values is not None:  # element-wise: show the elements that fail
+        condition = tf.reshape(condition, [-1])
+        data += [label, tf.boolean_mask(tf.broadcast_to(tf.reshape(values, [-1]), tf.shape(condition)), tf.logical_not(condition))]
+    return tf.debugging.Assert(tf.reduce_all(condition), data, summarize=3)
+
+
+def _checked(checks, *tensors):
+    """`tensors`, usable only after every check has passed: the work that follows depends on
+    them, so no tokenization, no range and no gather runs on an invalid input."""
+    with tf.control_dependencies(checks):
+        return [tf.identity(tensor) for tensor in tensors]
+
+
+def _id_checks(name, token_ids, vocabulary_size):
+    return [_require(
+        tf.logical_and(token_ids >= 0, token_ids < vocabulary_size),
+        f"{name} must lie in [0, {vocabulary_size}), the vocabulary", token_ids,
+    )]
+
+
+def _check_ids(token_ids, padding_mask, sequence_length, vocabulary_size):
+    checks = [
+        _require(
+            tf.shape(token_ids)[1] <= sequence_length,
+            f"token_ids must have at most {sequence_length} positions (the sequence_length)", tf.shape(token_ids)[1],
         ),
-        tf.debugging.assert_equal(
-            tf.shape(token_ids), tf.shape(padding_mask), message="token_ids and padding_mask differ in shape"
+        _require(
+            tf.reduce_all(tf.equal(tf.shape(token_ids), tf.shape(padding_mask))),
+            "padding_mask must have the shape of token_ids", tf.shape(padding_mask), "got shape",
         ),
-    ]):
-        return tf.identity(token_ids), tf.cast(padding_mask, tf.bool)
+        _require(tf.logical_or(padding_mask == 0, padding_mask == 1), "padding_mask must hold only 0 and 1", padding_mask),
+    ] + _id_checks("token_ids", token_ids, vocabulary_size)
+    token_ids, padding_mask = _checked(checks, token_ids, padding_mask)
+    return token_ids, tf.cast(padding_mask, tf.bool)
 
 
 def _string_spec(name):
@@ -209,8 +363,12 @@ def _ids_specs():
 
 
 def _describe(input_signature, outputs):
+    """The signature in the metadata; an input of unknown rank (a setting: [] or [B]) has shape null."""
     return {
-        "inputs": {spec.name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()} for spec in input_signature},
+        "inputs": {
+            spec.name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list() if spec.shape.rank is not None else None}
+            for spec in input_signature
+        },
         "outputs": outputs,
     }
 
@@ -239,7 +397,7 @@ def _classifier_endpoints(archive, recipe, model, options):
         return outputs(*preprocessor.pack(preprocessor.tokenize(text)))
 
     def classify_ids(token_ids, padding_mask):
-        return outputs(*_check_ids(token_ids, padding_mask, preprocessor.sequence_length))
+        return outputs(*_check_ids(token_ids, padding_mask, preprocessor.sequence_length, model.encoder.vocabulary_size))
 
     described = {
         "label": "string [B]", "label_id": "int32 [B]", "probabilities": "float32 [B, C]", "logits": "float32 [B, C]",
@@ -303,7 +461,7 @@ def _fill_mask_endpoints(archive, recipe, model, options):
         return result
 
     def fill_mask_ids(token_ids, padding_mask):
-        return outputs(*_check_ids(token_ids, padding_mask, preprocessor.sequence_length))
+        return outputs(*_check_ids(token_ids, padding_mask, preprocessor.sequence_length, model.encoder.vocabulary_size))
 
     described = {
         "tokens": f"string [B, M, {k}]", "scores": f"float32 [B, M, {k}]", "token_ids": f"int32 [B, M, {k}]",
@@ -324,14 +482,45 @@ def _fill_mask_endpoints(archive, recipe, model, options):
 # -- gpt-clm -----------------------------------------------------------------------------------
 
 
+SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
+
+
 def _sampling_specs():
+    # Unknown rank: a scalar (one setting for the batch) or a vector [B] (one per row).
     return [
-        tf.TensorSpec([], tf.int32, name="max_new_tokens"),
-        tf.TensorSpec([], tf.float32, name="temperature"),
-        tf.TensorSpec([], tf.int32, name="top_k"),
-        tf.TensorSpec([], tf.float32, name="top_p"),
-        tf.TensorSpec([], tf.int32, name="seed"),
+        tf.TensorSpec(None, tf.int32, name="max_new_tokens"),
+        tf.TensorSpec(None, tf.float32, name="temperature"),
+        tf.TensorSpec(None, tf.int32, name="top_k"),
+        tf.TensorSpec(None, tf.float32, name="top_p"),
+        tf.TensorSpec(None, tf.int32, name="seed"),
     ]
+
+
+def _setting_checks(rows, settings, sequence_length):
+    """The checks of the generation settings (a dict of tensors) for a batch of `rows`."""
+    checks = [_require(rows > 0, "the batch is empty: give at least one prompt")]
+    for name, value in settings.items():
+        checks.append(_require(
+            tf.logical_or(tf.rank(value) == 0, tf.logical_and(tf.rank(value) == 1, tf.size(value) == rows)),
+            f"{name} must be a scalar or hold one value per prompt", tf.shape(value), "got shape",
+        ))
+    max_new_tokens, temperature = settings["max_new_tokens"], settings["temperature"]
+    top_k, top_p = settings["top_k"], settings["top_p"]
+    checks += [
+        _require(
+            tf.logical_and(max_new_tokens >= 1, max_new_tokens <= sequence_length - 1),
+            f"max_new_tokens must be between 1 and {sequence_length - 1} (the sequence_length {sequence_length} "
+            "less one prompt token)", max_new_tokens,
+        ),
+        # Written so that NaN fails: every comparison with NaN is false.
+        _require(
+            tf.logical_and(tf.math.is_finite(temperature), temperature >= 0),
+            "temperature must be a finite number >= 0 (0: greedy)", temperature,
+        ),
+        _require(top_k >= 0, "top_k must be >= 0 (0: no limit)", top_k),
+        _require(tf.logical_and(top_p > 0, top_p <= 1), "top_p must be in (0, 1] (1: no limit)", top_p),
+    ]
+    return checks
 
 
 def _generate_endpoints(archive, recipe, model, options):
@@ -350,21 +539,17 @@ def _generate_endpoints(archive, recipe, model, options):
     if options["jit_compile"]:
         fill = tf.function(fill, jit_compile=True)
 
-    def generate_new_ids(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed):
-        """New ids `[B, max_new_tokens]` (padded with 0 after the end token) and their counts `[B]`."""
-        with tf.control_dependencies([
-            tf.debugging.assert_greater_equal(max_new_tokens, 1, message="max_new_tokens must be at least 1"),
-            tf.debugging.assert_less(
-                max_new_tokens, sequence_length,
-                message=f"max_new_tokens must be less than the model's sequence_length ({sequence_length})",
-            ),
-            tf.debugging.assert_greater_equal(
-                tf.reduce_min(tf.concat([prompt_ids.row_lengths(), tf.ones([1], prompt_ids.row_splits.dtype)], 0)),
-                tf.constant(1, prompt_ids.row_splits.dtype), message="every prompt needs at least one token",
-            ),
-        ]):
-            keep = tf.cast(sequence_length - max_new_tokens, prompt_ids.row_splits.dtype)
+    def per_row(value, rows):
+        return tf.broadcast_to(tf.reshape(value, [-1]), tf.reshape(rows, [1]))
+
+    def generate_new_ids(prompt_ids, settings):
+        """New ids `[B, N]` (padded with 0 after the end token; N the largest max_new_tokens)
+        and their counts `[B]`, for checked prompts and settings."""
+        rows = prompt_ids.nrows(out_type=tf.int32)
+        settings = {name: per_row(value, rows) for name, value in settings.items()}
+        max_new_tokens = settings["max_new_tokens"]
         # Keep the last `keep` tokens of each prompt (left truncation).
+        keep = tf.cast(sequence_length - max_new_tokens, prompt_ids.row_splits.dtype)
         lengths = prompt_ids.row_lengths()
         kept = tf.minimum(lengths, keep)
         starts = prompt_ids.row_starts() + lengths - kept
@@ -373,36 +558,46 @@ def _generate_endpoints(archive, recipe, model, options):
         )
         buffer = prompt_ids.to_tensor(preprocessor.pad_id, shape=[None, sequence_length])
         lengths = tf.cast(kept, tf.int32)
-        filled = fill(buffer, lengths, max_new_tokens, temperature, top_k, top_p, seed)
-        positions = tf.minimum(lengths[:, None] + tf.range(max_new_tokens)[None, :], sequence_length - 1)
+        filled = fill(buffer, lengths, *(settings[name] for name in SETTINGS))
+        width = tf.reduce_max(max_new_tokens)
+        steps = tf.range(width)[None, :]
+        positions = tf.minimum(lengths[:, None] + steps, sequence_length - 1)
         new_ids = tf.gather(filled, positions, batch_dims=1)
-        # Up to and including the first end token (CausalLM.generate's rule).
+        # Up to and including the first end token (CausalLM.generate's rule), and no further
+        # than the row's own max_new_tokens.
         ended_before = tf.cumsum(tf.cast(tf.equal(new_ids, preprocessor.sep_id), tf.int32), axis=1, exclusive=True) > 0
+        ended_before = tf.logical_or(ended_before, steps >= max_new_tokens[:, None])
         new_ids = tf.where(ended_before, preprocessor.pad_id, new_ids)
         return new_ids, tf.reduce_sum(tf.cast(tf.logical_not(ended_before), tf.int32), axis=1)
 
     def generate(prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        settings = dict(zip(SETTINGS, (max_new_tokens, temperature, top_k, top_p, seed)))
+        checks = _setting_checks(tf.size(prompt), settings, sequence_length)
+        prompt, *values = _checked(checks, prompt, *settings.values())
         prompt_ids = preprocessor.tokenize(prompt)
         # Documents start after an end-of-document token in training; so do prompts.
         start = tf.fill(tf.stack([prompt_ids.nrows(), 1]), tf.constant(preprocessor.sep_id, tf.int32))
         prompt_ids = tf.concat([tf.RaggedTensor.from_tensor(start), prompt_ids], axis=1)
-        new_ids, counts = generate_new_ids(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed)
+        new_ids, counts = generate_new_ids(prompt_ids, dict(zip(SETTINGS, values)))
         kept = tf.RaggedTensor.from_tensor(new_ids, lengths=counts)
         kept = tf.ragged.boolean_mask(kept, tf.not_equal(kept, preprocessor.sep_id))
         return {"text": recipe.tokenizer.detokenize(kept)}
 
     def generate_ids(token_ids, lengths, max_new_tokens, temperature, top_k, top_p, seed):
-        with tf.control_dependencies([
-            tf.debugging.assert_equal(
-                tf.shape(lengths)[0], tf.shape(token_ids)[0], message="lengths must have one entry per row of token_ids"
+        settings = dict(zip(SETTINGS, (max_new_tokens, temperature, top_k, top_p, seed)))
+        checks = _setting_checks(tf.shape(token_ids)[0], settings, sequence_length) + [
+            _require(
+                tf.shape(lengths)[0] == tf.shape(token_ids)[0], "lengths must have one entry per row of token_ids",
+                tf.shape(lengths), "got shape",
             ),
-            tf.debugging.assert_less_equal(
-                lengths, tf.shape(token_ids)[1], message="a length exceeds the width of token_ids"
+            _require(
+                tf.logical_and(lengths >= 1, lengths <= tf.shape(token_ids)[1]),
+                "every length must be between 1 and the width of token_ids", lengths,
             ),
-            tf.debugging.assert_non_negative(lengths, message="lengths must not be negative"),
-        ]):
-            prompt_ids = tf.RaggedTensor.from_tensor(token_ids, lengths=tf.cast(lengths, tf.int64))
-        new_ids, counts = generate_new_ids(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed)
+        ] + _id_checks("token_ids", token_ids, decoder.vocabulary_size)
+        token_ids, lengths, *values = _checked(checks, token_ids, lengths, *settings.values())
+        prompt_ids = tf.RaggedTensor.from_tensor(token_ids, lengths=tf.cast(lengths, tf.int64))
+        new_ids, counts = generate_new_ids(prompt_ids, dict(zip(SETTINGS, values)))
         return {"token_ids": new_ids, "lengths": counts}
 
     text_signature = [_string_spec("prompt")] + _sampling_specs()
@@ -414,7 +609,7 @@ def _generate_endpoints(archive, recipe, model, options):
     archive.add_endpoint("generate_ids", generate_ids, ids_signature)
     signatures = {
         "generate": _describe(text_signature, {"text": "string [B]"}),
-        "generate_ids": _describe(ids_signature, {"token_ids": "int32 [B, max_new_tokens]", "lengths": "int32 [B]"}),
+        "generate_ids": _describe(ids_signature, {"token_ids": "int32 [B, max(max_new_tokens)]", "lengths": "int32 [B]"}),
     }
     signatures["serving_default"] = signatures["generate"]
     sampling = {
@@ -446,7 +641,8 @@ def _write_assets(directory, recipe, signatures, defaults, options, metrics):
         "versions": _versions(),
     }
     with open(os.path.join(assets, METADATA_FILE), "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=2)
+        # Strict JSON: other languages' parsers reject NaN and Infinity.
+        json.dump(_strict_json(metadata), f, indent=2, allow_nan=False)
         f.write("\n")
 
 
@@ -455,6 +651,17 @@ def _json_number(value):
         return float(value)
     except (TypeError, ValueError):
         return str(value)
+
+
+def _strict_json(value):
+    """`value` with every non-finite float (NaN, +-Infinity) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
 
 
 def _versions():

@@ -13,28 +13,44 @@ Endpoints (as TF Serving's; see https://www.tensorflow.org/tfx/serving/api_rest)
     POST /v1/models/<name>[/versions/<v>]:predict    run a signature
 
 Without a version, the highest version on disk is used; a version that appears later is loaded
-on its first request, and loaded versions stay in memory. A predict body is
-`{"signature_name": ..., "instances": [...]}` (row format: each instance is a value of the
-signature's one batched input, or an object of named inputs) answered by
+on its first request, and loaded versions stay in memory. A version that fails to load (one
+still being copied in, say) answers 503 until its directory changes; the next request after a
+change tries again.
+
+A predict body is `{"signature_name": ..., "instances": [...]}` (row format: each instance is a
+value of the signature's one batched input, or an object of named inputs) answered by
 `{"predictions": [...]}`, or `{"signature_name": ..., "inputs": ...}` (columnar: a value or an
 object of named inputs) answered by `{"outputs": ...}`. `signature_name` defaults to
-`serving_default`. Scalar inputs (generation's `max_new_tokens`, `temperature`, `top_k`,
-`top_p`, `seed`) may be left out: the export's `signature_defaults` fill them in. In row format
-they may differ between instances (instances sharing settings run as one batch). String values
-may also be given as `{"b64": "..."}`.
+`serving_default`. Generation settings (`max_new_tokens`, `temperature`, `top_k`, `top_p`,
+`seed`) may be left out: the export's `signature_defaults` fill them in. In row format they may
+differ between instances; an export whose settings take one value per row (every current
+export) runs all instances as one batch, an older export with scalar settings one batch per
+distinct setting. String values may also be given as `{"b64": "..."}`.
 
-Every failure is a JSON `{"error": "..."}` with a 4xx status for a bad request (malformed JSON,
-wrong types or shapes, unknown model, version or signature, more than `max_batch` instances: 400
-or 404; a body over `max_body_bytes`: 413) and 5xx only for a failure of the server itself.
+Every failure is a JSON `{"error": "..."}` of one line, with a 4xx status for a bad request:
+400 for malformed HTTP, JSON, types, shapes or values (every value a signature checks is
+reported with the rule it breaks), 404 for an unknown model or version, 405 for a wrong
+method, 408 for a request not received in time, 413 for a body over `max_body_bytes`. 503
+means the server is busy (more predictions running and queued than it takes; with
+Retry-After) or the model failed to load; 500 is kept for faults of the server itself. Errors
+name no server paths and no other models; the server log has the details.
+
+Resources are bounded: a request must arrive within `read_deadline` seconds in all and with no
+silence longer than `request_timeout`; at most `max_concurrent` predictions run at once, with
+up to `max_queue` more waiting (at most `queue_timeout` seconds each) and any further ones
+answered 503 at once.
 """
 
 import base64
+import collections
+import io
 import json
 import logging
 import os
 import re
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -43,50 +59,154 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 8501
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-DEFAULT_REQUEST_TIMEOUT = 60.0  # seconds a connection may stay silent while a request is read
+DEFAULT_REQUEST_TIMEOUT = 20.0  # seconds a connection may stay silent while a request is read
+DEFAULT_READ_DEADLINE = 60.0  # seconds to receive a whole request (line, headers and body)
+DEFAULT_MAX_CONCURRENT = 4  # predictions running at once (each uses every core: more only queue inside TF)
+DEFAULT_MAX_QUEUE = 64  # predictions waiting for a slot; more are answered 503
+DEFAULT_QUEUE_TIMEOUT = 30.0  # seconds a prediction waits for a slot before a 503
 DEFAULT_SIGNATURE = "serving_default"
+METADATA_FILE = "zoo_metadata.json"
+MAX_JSON_DEPTH = 32  # tensors of rank <= 30 inside an object inside a list: more is an attack or a mistake
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_VERSION = re.compile(r"[0-9]{1,18}")
 _PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$"
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?"
 )
 
 
 class RequestError(Exception):
-    """A request the server cannot answer, with its HTTP status."""
+    """A request the server cannot answer, with its HTTP status (and headers, e.g. Retry-After)."""
 
-    def __init__(self, message, status=400):
+    def __init__(self, message, status=400, headers=None):
         super().__init__(message)
         self.status = status
+        self.headers = dict(headers or {})
 
 
-# -- loaded exports ----------------------------------------------------------------------------
+def _clip(text, limit=80):
+    """`text` shortened for an error message (names and paths come from the client)."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+# -- loading exports ---------------------------------------------------------------------------
+
+
+class ExportLoadError(ValueError):
+    """An export that cannot be loaded: names the file, what is wrong with it and what to do."""
+
+    def __init__(self, directory, file, problem, advice="re-export the model (zoo export) or copy the version directory again",
+                 detail=None):
+        self.directory = directory
+        self.file = file  # relative to the version directory
+        self.problem = _one_line(problem)
+        detail = f" ({_clip(_one_line(detail), 200)})" if detail else ""
+        super().__init__(f"{os.path.join(directory, file)}: {self.problem}{detail}; {advice}.")
+
+    def public_text(self):
+        """The problem without the server's paths (TensorFlow's detail may hold some): for clients."""
+        return f"{self.file} {self.problem}"
+
+
+def read_export_metadata(directory):
+    """The export's `assets/zoo_metadata.json` as a dict ({} when it has none); ExportLoadError
+    when the file is not a JSON object."""
+    path = os.path.join(directory, "assets", METADATA_FILE)
+    if not os.path.exists(path):
+        return {}
+    relative = os.path.join("assets", METADATA_FILE)
+    try:
+        with open(path, "rb") as f:
+            metadata = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ExportLoadError(
+            directory, relative, "is not valid JSON", "re-export the model or restore the file", detail=str(error)
+        ) from error
+    except OSError as error:
+        raise ExportLoadError(directory, relative, "cannot be read", "check its permissions", detail=error.strerror) from error
+    if not isinstance(metadata, dict):
+        raise ExportLoadError(
+            directory, relative, f"holds a JSON {type(metadata).__name__}, not an object", "re-export the model or restore the file"
+        )
+    return metadata
+
+
+def load_export_directory(directory):
+    """(the loaded SavedModel, its zoo metadata) of a version directory.
+
+    Raises ExportLoadError, one line naming the bad file, for a malformed `zoo_metadata.json`
+    and a truncated, corrupt or missing `saved_model.pb` or variables file.
+    """
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401 - registers the ops the tokenizer needs
+
+    metadata = read_export_metadata(directory)
+    try:
+        loaded = tf.saved_model.load(directory)
+    except Exception as error:  # TensorFlow raises OSError, ValueError, IndexError or OpError here
+        raise _diagnose_load_failure(directory, error) from error
+    return loaded, metadata
+
+
+def _diagnose_load_failure(directory, error):
+    """The ExportLoadError for a failed `tf.saved_model.load`: which file is at fault."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    try:
+        with open(os.path.join(directory, "saved_model.pb"), "rb") as f:
+            graph = saved_model_pb2.SavedModel.FromString(f.read())
+        graph_ok = len(graph.meta_graphs) > 0
+    except Exception:  # a protobuf DecodeError, or an unreadable file
+        graph_ok = False
+    if not graph_ok:
+        return ExportLoadError(directory, "saved_model.pb", "is truncated or corrupt")
+    if "Op type not registered" in detail:
+        return ExportLoadError(directory, "saved_model.pb", "needs ops this TensorFlow lacks",
+                               "install the TensorFlow and tensorflow_text versions of the export's metadata", detail=detail)
+    return ExportLoadError(directory, "variables/", "is truncated, corrupt or missing", detail=detail)
 
 
 class Servable:
     """One loaded version of a model: its signatures, their input specs and the export's metadata."""
 
     def __init__(self, name, version, directory):
-        import tensorflow as tf
-        import tensorflow_text  # noqa: F401 - registers the ops the tokenizer needs
-
         self.name = name
         self.version = version
         self.directory = directory
-        self._loaded = tf.saved_model.load(directory)  # the signatures need the object alive
+        self._loaded, self.metadata = load_export_directory(directory)  # the signatures need the object alive
         self.signatures = dict(self._loaded.signatures)
-        self.metadata = {}
-        metadata_path = os.path.join(directory, "assets", "zoo_metadata.json")
-        if os.path.exists(metadata_path):
-            with open(metadata_path, encoding="utf-8") as f:
-                self.metadata = json.load(f)
 
     def input_specs(self, signature_name):
         """{input name: tf.TensorSpec} of a signature."""
         return dict(self.signatures[signature_name].structured_input_signature[1])
 
     def defaults(self, signature_name):
-        return dict((self.metadata.get("signature_defaults") or {}).get(signature_name) or {})
+        defaults = (self.metadata.get("signature_defaults") or {}).get(signature_name) or {}
+        return dict(defaults) if isinstance(defaults, dict) else {}
+
+
+def _fingerprint(directory, limit=10_000):
+    """(path, size, mtime) of the files of a version directory: a load that failed is retried
+    once this changes (a copy completed, a file replaced)."""
+    entries = []
+    for root, directories, files in os.walk(directory):
+        directories.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            try:
+                status = os.stat(path)
+            except OSError:
+                continue
+            entries.append((os.path.relpath(path, directory), status.st_size, status.st_mtime_ns))
+            if len(entries) >= limit:
+                return tuple(entries)
+    return tuple(entries)
 
 
 class ModelRepository:
@@ -99,24 +219,24 @@ class ModelRepository:
             )
         self.root = root
         self._servables = {}
-        self._failures = {}
+        self._failures = {}  # (name, version) -> (fingerprint of the directory when it failed, message)
         self._lock = threading.Lock()
         self._loading = {}
 
     def model_names(self):
         return sorted(
             name for name in os.listdir(self.root)
-            if _MODEL_NAME.match(name) and os.path.isdir(os.path.join(self.root, name)) and self.versions(name)
+            if _MODEL_NAME.fullmatch(name) and os.path.isdir(os.path.join(self.root, name)) and self.versions(name)
         )
 
     def versions(self, name):
         """Integer versions of a model on disk, ascending (directories holding a saved_model.pb)."""
         directory = os.path.join(self.root, name)
-        if not _MODEL_NAME.match(name) or not os.path.isdir(directory):
+        if not _MODEL_NAME.fullmatch(name) or not os.path.isdir(directory):
             return []
         return sorted(
             int(entry) for entry in os.listdir(directory)
-            if entry.isdigit() and os.path.isfile(os.path.join(directory, entry, "saved_model.pb"))
+            if _VERSION.fullmatch(entry) and os.path.isfile(os.path.join(directory, entry, "saved_model.pb"))
         )
 
     def loaded_versions(self, name):
@@ -127,8 +247,8 @@ class ModelRepository:
         """The servable for `name` at `version` (None: the latest), loading it if needed."""
         versions = self.versions(name)
         if not versions:
-            available = ", ".join(self.model_names()) or "none"
-            raise RequestError(f"Model {name!r} not found under the export root (models: {available}).", 404)
+            # Other models' names are not listed: a client may only probe names it knows.
+            raise RequestError(f"Model {_clip(name)!r} not found under the export root.", 404)
         if version is None:
             version = versions[-1]
         elif version not in versions:
@@ -136,26 +256,85 @@ class ModelRepository:
                 f"Version {version} of model {name!r} not found (versions: {', '.join(map(str, versions))}).", 404
             )
         key = (name, version)
+        directory = os.path.join(self.root, name, str(version))
         with self._lock:
             if key in self._servables:
                 return self._servables[key]
-            if key in self._failures:
-                raise RequestError(f"Model {name!r} version {version} failed to load: {self._failures[key]}", 503)
             loading = self._loading.setdefault(key, threading.Lock())
         with loading:  # one thread loads; the others wait for it
             with self._lock:
                 if key in self._servables:
                     return self._servables[key]
+                failure = self._failures.get(key)
+            fingerprint = _fingerprint(directory)  # before loading: a change while loading shows next time
+            if failure is not None and failure[0] == fingerprint:
+                raise RequestError(failure[1], 503)
             try:
-                servable = Servable(name, version, os.path.join(self.root, name, str(version)))
-            except Exception as error:  # a corrupt export: report it, keep serving the others
+                servable = Servable(name, version, directory)
+            except ExportLoadError as error:
+                logger.error("Loading %s version %s failed: %s", name, version, error)
+                message = f"Model {name!r} version {version} failed to load: {error.public_text()}."
+            except Exception:  # anything else: the log has the traceback, the client a line
                 logger.exception("Loading %s version %s failed", name, version)
+                message = f"Model {name!r} version {version} failed to load; the server log has the details."
+            else:
                 with self._lock:
-                    self._failures[key] = f"{type(error).__name__}: {error}"
-                raise RequestError(f"Model {name!r} version {version} failed to load: {error}", 503) from error
+                    self._servables[key] = servable
+                    self._failures.pop(key, None)
+                return servable
             with self._lock:
-                self._servables[key] = servable
-            return servable
+                self._failures[key] = (fingerprint, message)
+            raise RequestError(message, 503)
+
+
+# -- bounded work ------------------------------------------------------------------------------
+
+
+class WorkLimiter:
+    """At most `max_running` holders at once, up to `max_waiting` more waiting in arrival order
+    (each at most `wait_timeout` seconds); any further one gets a 503 with Retry-After."""
+
+    def __init__(self, max_running=DEFAULT_MAX_CONCURRENT, max_waiting=DEFAULT_MAX_QUEUE, wait_timeout=DEFAULT_QUEUE_TIMEOUT):
+        if max_running < 1 or max_waiting < 0 or wait_timeout < 0:
+            raise ValueError(
+                f"max_concurrent must be >= 1, max_queue >= 0 and queue_timeout >= 0; got {max_running}, {max_waiting}, {wait_timeout}."
+            )
+        self.max_running = max_running
+        self.max_waiting = max_waiting
+        self.wait_timeout = wait_timeout
+        self._lock = threading.Lock()
+        self._running = 0
+        self._waiting = collections.deque()
+
+    def _busy(self, why):
+        return RequestError(
+            f"The server is busy ({why}); retry shortly.", 503, headers={"Retry-After": "1"}
+        )
+
+    def __enter__(self):
+        with self._lock:
+            if self._running < self.max_running and not self._waiting:
+                self._running += 1
+                return self
+            if len(self._waiting) >= self.max_waiting:
+                raise self._busy(f"{self.max_running} predictions running and {len(self._waiting)} waiting")
+            ticket = threading.Event()
+            self._waiting.append(ticket)
+        if ticket.wait(self.wait_timeout):
+            return self  # a finishing prediction handed its slot over
+        with self._lock:
+            if ticket.is_set():  # handed over just as the wait ended
+                return self
+            self._waiting.remove(ticket)
+        raise self._busy(f"no prediction slot freed up within {self.wait_timeout:g} s")
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()  # the slot passes to the longest waiter
+            else:
+                self._running -= 1
+        return False
 
 
 # -- JSON to tensors and back ------------------------------------------------------------------
@@ -163,7 +342,10 @@ class ModelRepository:
 
 def _decode_strings(value, where):
     if isinstance(value, str):
-        return value.encode("utf-8")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as error:  # JSON allows "\ud800", which is no character
+            raise RequestError(f"{where}: a string holds an unpaired surrogate ({error.reason}); send valid Unicode.") from error
     if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
         try:
             return base64.b64decode(value["b64"], validate=True)
@@ -177,6 +359,18 @@ def _decode_strings(value, where):
 def _short(value):
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _too_deep(value, limit):
+    """Whether lists and objects nest more than `limit` levels deep (iterative: no recursion limit)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
+    return False
 
 
 def _to_array(value, spec, where):
@@ -193,14 +387,16 @@ def _to_array(value, spec, where):
     else:
         try:
             array = np.array(value)
-        except ValueError as error:  # ragged nesting
-            raise RequestError(f"{where}: nested lists must be rectangular ({error}).") from error
+        except (ValueError, OverflowError) as error:  # ragged nesting, or a number beyond any dtype
+            raise RequestError(f"{where}: nested lists must be rectangular numbers ({error}).") from error
         kind = array.dtype.kind
         if spec.dtype.is_bool:
             if kind != "b":
                 raise RequestError(f"{where} expects booleans, got {_short(value)}.")
         elif spec.dtype.is_integer:
             if kind == "f" and array.size and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+                if np.any(np.abs(array) > 2.0**62):
+                    raise RequestError(f"{where}: value out of range for {spec.dtype.name}.")
                 array = array.astype(np.int64)
             elif kind not in "iu" and not (kind == "f" and array.size == 0):
                 raise RequestError(f"{where} expects integers ({spec.dtype.name}), got {_short(value)}.")
@@ -239,14 +435,31 @@ def _to_json(tensor):
 # -- predict -----------------------------------------------------------------------------------
 
 
-def predict(servable, body, max_batch=DEFAULT_MAX_BATCH):
-    """Answers a parsed predict request body (a dict) with a JSON-able dict, or raises RequestError."""
+class _Inputs:
+    """A signature's inputs by role: `batched` (required, one value per instance), `stacked`
+    (settings with a default and a per-row shape: one value per instance, stacked into [B]) and
+    `grouped` (settings of shape []: instances sharing them run as one batch; older exports)."""
+
+    def __init__(self, specs, defaults):
+        self.specs = specs
+        self.defaults = {name: value for name, value in defaults.items() if name in specs}
+        self.batched = [name for name, spec in specs.items() if spec.shape.rank != 0 and name not in self.defaults]
+        self.stacked = [name for name, spec in specs.items() if spec.shape.rank != 0 and name in self.defaults]
+        self.grouped = [name for name, spec in specs.items() if spec.shape.rank == 0]
+
+
+def predict(servable, body, max_batch=DEFAULT_MAX_BATCH, limiter=None):
+    """Answers a parsed predict request body (a dict) with a JSON-able dict, or raises RequestError.
+
+    Every input is converted and checked before `limiter` (a WorkLimiter) is entered to run
+    the signature.
+    """
     if not isinstance(body, dict):
         raise RequestError("The request body must be a JSON object with \"instances\" or \"inputs\".")
     unknown = sorted(set(body) - {"signature_name", "instances", "inputs"})
     if unknown:
         raise RequestError(
-            f"Unknown request field(s) {', '.join(map(repr, unknown))}; expected signature_name and instances or inputs."
+            f"Unknown request field(s) {_clip(', '.join(map(repr, unknown)))}; expected signature_name and instances or inputs."
         )
     if ("instances" in body) == ("inputs" in body):
         raise RequestError("Give exactly one of \"instances\" (row format) or \"inputs\" (columnar format).")
@@ -254,30 +467,43 @@ def predict(servable, body, max_batch=DEFAULT_MAX_BATCH):
     if not isinstance(signature_name, str) or signature_name not in servable.signatures:
         available = ", ".join(sorted(servable.signatures))
         raise RequestError(
-            f"Serving signature name {signature_name!r} not found in model {servable.name!r} (signatures: {available})."
+            f"Serving signature name {_clip(signature_name)!r} not found in model {servable.name!r} (signatures: {available})."
         )
-    specs = servable.input_specs(signature_name)
-    batched = [name for name, spec in specs.items() if spec.shape.rank != 0]
-    scalars = [name for name, spec in specs.items() if spec.shape.rank == 0]
-    defaults = servable.defaults(signature_name)
+    inputs = _Inputs(servable.input_specs(signature_name), servable.defaults(signature_name))
     function = servable.signatures[signature_name]
     if "instances" in body:
-        return {"predictions": _predict_rows(function, specs, batched, scalars, defaults, body["instances"], max_batch)}
-    return {"outputs": _predict_columns(function, specs, batched, scalars, defaults, body["inputs"], max_batch)}
+        batches, assemble = _rows(inputs, body["instances"], max_batch)
+    else:
+        batches, assemble = _columns(inputs, body["inputs"], max_batch)
+    with limiter if limiter is not None else _no_limit():
+        outputs = [_call(function, tensors) for tensors in batches]
+    return assemble(outputs)
 
 
-def _predict_rows(function, specs, batched, scalars, defaults, instances, max_batch):
+class _no_limit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+def _rows(inputs, instances, max_batch):
+    """The tensors of each batch to run for row-format `instances`, and how to put the answers together."""
+    import tensorflow as tf
+
     if not isinstance(instances, list) or not instances:
         raise RequestError("\"instances\" must be a non-empty list.")
     if len(instances) > max_batch:
         raise RequestError(f"Too many instances: {len(instances)} (this server takes at most {max_batch} per request).")
+    specs, batched = inputs.specs, inputs.batched
     rows = []
     for index, instance in enumerate(instances):
         if isinstance(instance, dict) and not (set(instance) == {"b64"} and len(batched) == 1):
             unknown = sorted(set(instance) - set(specs))
             if unknown:
                 raise RequestError(
-                    f"instances[{index}]: unknown input(s) {', '.join(map(repr, unknown))}; "
+                    f"instances[{index}]: unknown input(s) {_clip(', '.join(map(repr, unknown)))}; "
                     f"inputs: {', '.join(sorted(specs))}."
                 )
             rows.append(dict(instance))
@@ -285,56 +511,72 @@ def _predict_rows(function, specs, batched, scalars, defaults, instances, max_ba
             rows.append({batched[0]: instance})
         else:
             raise RequestError(f"instances[{index}] must be an object naming the inputs {', '.join(sorted(batched))}.")
-    # Instances with the same scalar settings run as one batch.
+    stacked = {name: [] for name in inputs.stacked}
     groups = {}
     for index, row in enumerate(rows):
         missing = [name for name in batched if name not in row]
         if missing:
             raise RequestError(f"instances[{index}] lacks input(s) {', '.join(map(repr, missing))}.")
+        for name in inputs.stacked:  # one value per row, whatever the others hold: one batch
+            scalar = tf.TensorSpec([], specs[name].dtype)
+            stacked[name].append(_to_array(row.get(name, inputs.defaults[name]), scalar, f"instances[{index}].{name}").item())
         settings = []
-        for name in scalars:
-            value = row.get(name, defaults.get(name))
+        for name in inputs.grouped:
+            value = row.get(name, inputs.defaults.get(name))
             if value is None:
                 raise RequestError(f"instances[{index}] lacks input {name!r} (no default in the export).")
             settings.append(_to_array(value, specs[name], f"instances[{index}].{name}").item())
         groups.setdefault(tuple(settings), []).append(index)
-    predictions = [None] * len(rows)
+    batches = []
     for settings, indices in groups.items():
         tensors = {
             name: _to_array([rows[i][name] for i in indices], specs[name], f"instances[*].{name}") for name in batched
         }
-        for name, value in zip(scalars, settings):
+        for name in inputs.stacked:
+            tensors[name] = np.array([stacked[name][i] for i in indices], specs[name].dtype.as_numpy_dtype)
+        for name, value in zip(inputs.grouped, settings):
             tensors[name] = np.asarray(value, specs[name].dtype.as_numpy_dtype)
-        outputs = _call(function, tensors)
-        for position, index in enumerate(indices):
-            row = {}
-            for name, value in outputs.items():
-                row[name] = value[position] if isinstance(value, list) else value
-            predictions[index] = next(iter(row.values())) if len(row) == 1 else row
-    return predictions
+        batches.append(tensors)
+
+    def assemble(outputs):
+        predictions = [None] * len(rows)
+        for indices, answer in zip(groups.values(), outputs):
+            for position, index in enumerate(indices):
+                row = {name: value[position] if isinstance(value, list) else value for name, value in answer.items()}
+                predictions[index] = next(iter(row.values())) if len(row) == 1 else row
+        return {"predictions": predictions}
+
+    return batches, assemble
 
 
-def _predict_columns(function, specs, batched, scalars, defaults, inputs, max_batch):
-    if not isinstance(inputs, dict) or (len(batched) == 1 and set(inputs) == {"b64"}):
+def _columns(inputs, values, max_batch):
+    """The one batch of tensors for columnar `values`, and how to put the answer together."""
+    specs, batched = inputs.specs, inputs.batched
+    if not isinstance(values, dict) or (len(batched) == 1 and set(values) == {"b64"}):
         if len(batched) != 1:
             raise RequestError(f"\"inputs\" must be an object naming the inputs {', '.join(sorted(specs))}.")
-        inputs = {batched[0]: inputs}
-    unknown = sorted(set(inputs) - set(specs))
+        values = {batched[0]: values}
+    unknown = sorted(set(values) - set(specs))
     if unknown:
-        raise RequestError(f"Unknown input(s) {', '.join(map(repr, unknown))}; inputs: {', '.join(sorted(specs))}.")
+        raise RequestError(f"Unknown input(s) {_clip(', '.join(map(repr, unknown)))}; inputs: {', '.join(sorted(specs))}.")
     tensors = {}
     for name, spec in specs.items():
-        value = inputs.get(name, defaults.get(name) if name in scalars else None)
+        value = values.get(name, inputs.defaults.get(name))
         if value is None:
             raise RequestError(f"Missing input {name!r}.")
         tensors[name] = _to_array(value, spec, f"inputs.{name}")
     for name in batched:
-        if tensors[name].shape[0] > max_batch:
-            raise RequestError(
-                f"Too many instances: {tensors[name].shape[0]} (this server takes at most {max_batch} per request)."
-            )
-    outputs = _call(function, tensors)
-    return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+        rows = tensors[name].shape[0]
+        if rows == 0:
+            raise RequestError(f"inputs.{name} is empty: give at least one instance.")
+        if rows > max_batch:
+            raise RequestError(f"Too many instances: {rows} (this server takes at most {max_batch} per request).")
+
+    def assemble(outputs):
+        (answer,) = outputs
+        return {"outputs": next(iter(answer.values())) if len(answer) == 1 else answer}
+
+    return [tensors], assemble
 
 
 def _call(function, arrays):
@@ -344,26 +586,37 @@ def _call(function, arrays):
     tensors = {name: tf.constant(array, dtype=specs[name].dtype) for name, array in arrays.items()}
     try:
         outputs = function(**tensors)
-    except tf.errors.InvalidArgumentError as error:
-        raise RequestError(_invalid_argument_text(error.message)) from error
+    except tf.errors.InvalidArgumentError as error:  # the signature's own checks, or a kernel's
+        raise RequestError(graph_error_text(error.message)) from error
+    except tf.errors.ResourceExhaustedError as error:  # memory: too much at once, not a bad request
+        logger.error("Out of memory running a prediction: %s", _one_line(error.message)[:300])
+        raise RequestError("The server ran out of memory for this request; retry later or send fewer instances.",
+                           503, headers={"Retry-After": "1"}) from error
     return {name: _to_json(tensor) for name, tensor in sorted(outputs.items())}
 
 
-def _invalid_argument_text(message):
-    """The readable part of a graph's InvalidArgument error: an assertion's message and the bad value."""
+def graph_error_text(message):
+    """The readable part of a graph's InvalidArgument error, on one line: an assertion's message
+    and the bad values, else the kernel's own message without the graph trace."""
     for line in message.splitlines():
         if "assertion failed:" in line:
-            parts = re.findall(r"\[([^\[\]]*)\]", line.split("assertion failed:", 1)[1])
-            if not parts:
+            text = line.split("assertion failed:", 1)[1].strip()
+            if not (text.startswith("[") and text.endswith("]")):
                 break
-            text = parts[0].replace("\\'", "'")
-            for index, part in enumerate(parts[:-1]):
+            parts = [part.replace("\\'", "'") for part in text[1:-1].split("] [")]
+            if len(parts) >= 3 and parts[1] in ("got", "got shape"):  # zoo.export's checks
+                return f"{parts[0]} ({parts[1]} {_clip(parts[2], 60)})."
+            for index, part in enumerate(parts[:-1]):  # tf.debugging.assert_* (older exports)
                 if part.startswith("x (") and part.endswith("= "):
-                    text += f" (got {parts[index + 1]})"
-                    break
-            return text
-    lines = [line.strip() for line in message.splitlines() if line.strip() and line.strip() != "Graph execution error:"]
-    return lines[0] if lines else message
+                    return f"{parts[0]} (got {_clip(parts[index + 1], 60)})."
+            return parts[0] + "."
+    for line in message.splitlines():
+        stripped = line.strip()
+        if (not stripped or line[:1].isspace() or stripped.startswith(
+                ("Graph execution error", "Detected at node", "<stack traces", "File ", "[["))):
+            continue
+        return "Invalid input: " + _clip(re.sub(r"\s*\[\[\{\{node.*$", "", stripped), 200)
+    return "Invalid input."
 
 
 # -- status and metadata -----------------------------------------------------------------------
@@ -422,15 +675,77 @@ def _metadata(servable):
 # -- the WSGI application and the server -------------------------------------------------------
 
 
-def make_app(export_root, max_batch=DEFAULT_MAX_BATCH, max_body_bytes=DEFAULT_MAX_BODY_BYTES, preload=True):
+def _read_body(environ, max_body_bytes):
+    """The request body, read within the connection's deadline; RequestError for a body that is
+    too large, shorter than its Content-Length, malformed (chunking) or late."""
+    stream = environ["wsgi.input"]
+    # (werkzeug closes every connection after its answer: no Connection header needed.)
+    too_large = RequestError(f"Request body exceeds the limit of {max_body_bytes} bytes.", 413)
+
+    def read_up_to(size):
+        parts, count = [], 0
+        while count < size:
+            part = stream.read(min(size - count, 1 << 16))
+            if not part:
+                break
+            parts.append(part)
+            count += len(part)
+        return b"".join(parts)
+
+    try:
+        if environ.get("wsgi.input_terminated"):  # chunked: the server de-chunks; read to the end
+            data = read_up_to(max_body_bytes + 1)
+            if len(data) > max_body_bytes:
+                raise too_large
+            return data
+        length_text = environ.get("CONTENT_LENGTH") or ""
+        if not length_text:
+            return b""
+        if not (length_text.isascii() and length_text.isdigit()):
+            raise RequestError(f"Invalid Content-Length {_clip(length_text, 40)!r}: expected a number of bytes.")
+        length = int(length_text)
+        if length > max_body_bytes:
+            raise too_large
+        data = read_up_to(length)
+        if len(data) < length:
+            raise RequestError(f"The request body ended after {len(data)} of the {length} bytes of its Content-Length.")
+        return data
+    except TimeoutError as error:  # silent too long, or the whole request late
+        raise RequestError(f"The request was not received in time ({error}).", 408) from error
+    except ConnectionError:
+        raise  # the client is gone: nobody to answer
+    except OSError as error:  # werkzeug's de-chunking: "Invalid chunk header" and the like
+        raise RequestError(f"Malformed chunked request body: {error}.") from error
+
+
+def _parse_json(data):
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise RequestError(f"Malformed JSON in the request body: it is not UTF-8 ({error}).") from error
+    except RecursionError as error:
+        raise RequestError(f"Malformed JSON in the request body: nested more than {MAX_JSON_DEPTH} levels deep.") from error
+    except ValueError as error:  # JSONDecodeError, and integers of more than 4300 digits
+        raise RequestError(f"Malformed JSON in the request body: {error}.") from error
+    if isinstance(body, (list, dict)) and _too_deep(body, MAX_JSON_DEPTH):
+        raise RequestError(f"Malformed JSON in the request body: nested more than {MAX_JSON_DEPTH} levels deep.")
+    return body
+
+
+def make_app(
+    export_root,
+    max_batch=DEFAULT_MAX_BATCH,
+    max_body_bytes=DEFAULT_MAX_BODY_BYTES,
+    preload=True,
+    max_concurrent=DEFAULT_MAX_CONCURRENT,
+    max_queue=DEFAULT_MAX_QUEUE,
+    queue_timeout=DEFAULT_QUEUE_TIMEOUT,
+):
     """The WSGI application serving the exports under `export_root` (for any WSGI server)."""
-    from werkzeug.exceptions import RequestEntityTooLarge
     from werkzeug.wrappers import Request, Response
 
-    class LimitedRequest(Request):
-        max_content_length = max_body_bytes + 1
-
     repository = ModelRepository(export_root)
+    limiter = WorkLimiter(max_concurrent, max_queue, queue_timeout)
     if preload:  # load each model's latest version now: errors show at start, first requests are fast
         for name in repository.model_names():
             try:
@@ -438,64 +753,84 @@ def make_app(export_root, max_batch=DEFAULT_MAX_BATCH, max_body_bytes=DEFAULT_MA
             except RequestError as error:
                 logger.error("%s", error)
 
-    def respond(payload, status=200, close=False):
+    def respond(payload, status=200, headers=None):
         response = Response(json.dumps(payload, ensure_ascii=False) + "\n", status=status, mimetype="application/json")
-        if close:
-            response.headers["Connection"] = "close"
+        for key, value in (headers or {}).items():
+            response.headers[key] = value
         return response
 
     def handle(request):
-        match = _PATH.match(request.path)
+        match = _PATH.fullmatch(request.path)
         if not match:
             raise RequestError(
-                f"No such endpoint: {request.method} {request.path}. "
+                f"No such endpoint: {request.method} {_clip(request.path)}. "
                 "Try GET /v1/models/<name> or POST /v1/models/<name>:predict.", 404,
             )
         name, version_text, metadata, verb = match.group("name", "version", "metadata", "verb")
         version = None
         if version_text is not None:
-            if not version_text.isdigit():
-                raise RequestError(f"Version must be a non-negative integer, got {version_text!r}.", 400)
+            if not _VERSION.fullmatch(version_text):
+                raise RequestError(f"Version must be a non-negative integer of ASCII digits, got {_clip(version_text, 40)!r}.", 400)
             version = int(version_text)
         if verb is None:
             if request.method != "GET":
-                raise RequestError(f"{request.method} is not allowed here; use GET.", 405)
+                raise RequestError(f"{_clip(request.method, 20)} is not allowed here; use GET.", 405)
             if metadata:
                 return respond(_metadata(repository.get(name, version)))
             return respond(_status(repository, name, version))
         if verb != "predict":
             raise RequestError(
-                f"Unsupported verb :{verb}; this server implements :predict (classify and regress take tf.Examples).", 400
+                f"Unsupported verb :{_clip(verb, 20)}; this server implements :predict (classify and regress take tf.Examples).", 400
             )
         if request.method != "POST":
-            raise RequestError(f"{request.method} is not allowed for :predict; use POST.", 405)
-        too_large = RequestError(f"Request body exceeds the limit of {max_body_bytes} bytes.", 413)
-        try:
-            data = request.get_data(cache=False)  # the whole body, or its first max_body_bytes + 1 bytes
-        except RequestEntityTooLarge as error:  # from the Content-Length header, before reading
-            raise too_large from error
-        if len(data) > max_body_bytes:  # a chunked body stops being read just past the limit
-            raise too_large
-        try:
-            body = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise RequestError(f"Malformed JSON in the request body: {error}.") from error
+            raise RequestError(f"{_clip(request.method, 20)} is not allowed for :predict; use POST.", 405)
+        body = _parse_json(_read_body(request.environ, max_body_bytes))
         servable = repository.get(name, version)
-        return respond(predict(servable, body, max_batch=max_batch))
+        return respond(predict(servable, body, max_batch=max_batch, limiter=limiter))
 
     def app(environ, start_response):
-        request = LimitedRequest(environ)
+        request = Request(environ)
         try:
             response = handle(request)
         except RequestError as error:
-            response = respond({"error": str(error)}, error.status, close=error.status == 413)
-        except Exception as error:  # a bug or a TensorFlow failure: answer, log, keep serving
-            logger.exception("Error serving %s %s", request.method, request.path)
-            response = respond({"error": f"Internal error: {type(error).__name__}: {error}"}, 500)
+            response = respond({"error": _one_line(error)}, error.status, error.headers)
+        except RecursionError:  # a structure nested deeper than anything above caught
+            response = respond({"error": f"The request nests more than {MAX_JSON_DEPTH} levels deep."}, 400)
+        except Exception:  # a bug or a TensorFlow failure: answer, log, keep serving
+            logger.exception("Error serving %s %s", request.method, _clip(request.path))
+            response = respond({"error": "Internal server error; the server log has the details."}, 500)
         return response(environ, start_response)
 
     app.repository = repository
+    app.limiter = limiter
     return app
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's incoming bytes, each read waiting at most `idle` seconds and none past
+    `deadline` (time.monotonic()): a client dripping a byte at a time cannot hold a thread for
+    longer than the deadline, which a per-read timeout alone allows."""
+
+    def __init__(self, connection, deadline, idle):
+        self._connection = connection
+        self._deadline = deadline
+        self._idle = idle
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request took longer than the server's read deadline")
+        self._connection.settimeout(min(self._idle, remaining))
+        try:
+            return self._connection.recv_into(buffer)
+        finally:
+            try:
+                self._connection.settimeout(self._idle)  # writing the answer: the idle timeout only
+            except OSError:
+                pass
 
 
 def make_server(
@@ -505,6 +840,10 @@ def make_server(
     max_batch=DEFAULT_MAX_BATCH,
     max_body_bytes=DEFAULT_MAX_BODY_BYTES,
     request_timeout=DEFAULT_REQUEST_TIMEOUT,
+    read_deadline=DEFAULT_READ_DEADLINE,
+    max_concurrent=DEFAULT_MAX_CONCURRENT,
+    max_queue=DEFAULT_MAX_QUEUE,
+    queue_timeout=DEFAULT_QUEUE_TIMEOUT,
     preload=True,
 ):
     """A threaded werkzeug server (not yet serving) for the exports under `export_root`.
@@ -515,26 +854,63 @@ def make_server(
     from werkzeug.serving import WSGIRequestHandler
     from werkzeug.serving import make_server as werkzeug_make_server
 
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer in 0..65535 (0: any free port), got {port!r}.")
+    if not request_timeout > 0 or not read_deadline > 0:
+        raise ValueError(f"request_timeout and read_deadline must be > 0 seconds, got {request_timeout} and {read_deadline}.")
+
     class Handler(WSGIRequestHandler):
         timeout = request_timeout  # a client that stops sending mid-request is dropped, not waited on forever
 
-        def log_request(self, code="-", size="-"):
-            logger.info("%s %s %s", self.command, self.path, code)
+        def setup(self):
+            super().setup()
+            # werkzeug answers one request per connection (Connection: close), so the deadline
+            # covers the request line, the headers and the body.
+            self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + read_deadline, request_timeout))
 
-    app = make_app(export_root, max_batch=max_batch, max_body_bytes=max_body_bytes, preload=preload)
+        def log_request(self, code="-", size="-"):
+            logger.info("%s %s %s", self.command, _clip(getattr(self, "path", "-")), code)
+
+        def send_error(self, code, message=None, explain=None):
+            # http.server's own refusals (a malformed request line, too many or too long
+            # headers) answer in HTML; answer them as every other error: one line of JSON.
+            short = self.responses.get(code, ("Error",))[0]
+            body = (json.dumps({"error": f"{_one_line(message or short).rstrip('.')}."}) + "\n").encode()
+            self.log_error("code %d, message %s", code, _one_line(message or short))
+            self.send_response(code, short)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Connection", "close")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if getattr(self, "command", None) != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(body)
+            self.close_connection = True
+
+    app = make_app(
+        export_root, max_batch=max_batch, max_body_bytes=max_body_bytes, preload=preload,
+        max_concurrent=max_concurrent, max_queue=max_queue, queue_timeout=queue_timeout,
+    )
     server = werkzeug_make_server(host, port, app, threaded=True, request_handler=Handler)
     server.app = app
     return server
 
 
 def serve(export_root, host="127.0.0.1", port=DEFAULT_PORT, **options):
-    """Serves the exports under `export_root` until interrupted (Ctrl-C)."""
+    """Serves the exports under `export_root` until interrupted (Ctrl-C or SIGTERM)."""
+    import signal
+
     if not logging.getLogger().handlers:  # a command-line run: show the access log
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     server = make_server(export_root, host=host, port=port, **options)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)  # a supervisor's stop: close the socket as Ctrl-C does
     models = server.app.repository.model_names()
     address = f"http://{host}:{server.port}/v1/models/<name>"
-    print(f"Serving {', '.join(models) or 'no models yet'} from {export_root} at {address}", file=sys.stderr)
+    print(f"Serving {', '.join(models) or 'no models yet'} from {export_root} at {address}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -149,7 +149,8 @@ def test_predict_every_recipe_and_signature(server, signatures, exports):
     np.testing.assert_allclose([p["scores"] for p in body["predictions"]], expected["scores"], atol=1e-6)
 
     # generate in row format: bare prompts take the export's defaults; instances may carry their
-    # own settings, and those sharing settings run together.
+    # own settings, and all run as one batch with a setting per row (a sampled row draws the
+    # noise of its place in that batch).
     instances = [
         {"prompt": "def ", "max_new_tokens": 3},
         "the cat",
@@ -160,7 +161,10 @@ def test_predict_every_recipe_and_signature(server, signatures, exports):
     assert status == 200
     assert body["predictions"][0:3:2] == generate_directly(signatures, ["def ", "import"], max_new_tokens=3)
     assert body["predictions"][1] == generate_directly(signatures, ["the cat"], max_new_tokens=31)[0]
-    assert body["predictions"][3] == generate_directly(signatures, ["the dog"], max_new_tokens=5, temperature=1.0, seed=7)[0]
+    assert body["predictions"] == generate_directly(
+        signatures, ["def ", "the cat", "import", "the dog"], max_new_tokens=[3, 31, 3, 5], temperature=[0.0, 0.0, 0.0, 1.0],
+        top_k=[0] * 4, top_p=[1.0] * 4, seed=[0, 0, 0, 7],
+    )
 
     # Token-id signatures, columnar and row.
     status, body = request(
@@ -225,7 +229,7 @@ BAD_REQUESTS = [
     ("too many instances", "POST", "/v1/models/classifier:predict", {"instances": ["a"] * (MAX_BATCH + 1)}, 400, "Too many instances: 301"),
     ("too many columns", "POST", "/v1/models/classifier:predict", {"inputs": ["a"] * (MAX_BATCH + 1)}, 400, "Too many instances: 301"),
     ("too long a continuation", "POST", "/v1/models/gpt-clm:predict", {"inputs": {"prompt": ["a"], "max_new_tokens": 32}}, 400,
-     "max_new_tokens must be less than the model's sequence_length (32) (got 32)"),
+     "max_new_tokens must be between 1 and 31 (the sequence_length 32 less one prompt token) (got 32)"),
     ("oversized body", "POST", "/v1/models/classifier:predict", {"instances": ["x" * (MAX_BODY + 1)]}, 413, "exceeds the limit of 200000 bytes"),
     ("unknown model", "POST", "/v1/models/nope:predict", {"instances": ["a"]}, 404, "Model 'nope' not found"),
     ("unknown version", "POST", "/v1/models/classifier/versions/9:predict", {"instances": ["a"]}, 404, "Version 9 of model 'classifier' not found"),

@@ -4,6 +4,9 @@ The loop is one `keras.ops.while_loop` over fixed-shape tensors, so it traces in
 graph (a `tf.while_loop` on TensorFlow, `lax.while_loop` on JAX): the SavedModel export runs
 the very same function. Sampling parameters are tensors, so changing them never retraces.
 
+Sampling parameters may be scalars (one setting for the batch) or vectors with one value per
+row, so requests with different settings (a seed each, say) still run as one batch.
+
 Prompts of different lengths share one right-padded buffer `[batch, length]`. Decoding starts
 at the shortest prompt; rows whose prompt is longer keep their own tokens until it ends
 (keras-hub's approach). The KV cache is first filled by one pass over the whole buffer; each
@@ -26,6 +29,15 @@ def _mix(x):
     return ops.bitwise_xor(x, ops.right_shift(x, 16))
 
 
+def _per_row(value, rows, dtype):
+    """`value`, a scalar or one value per row, as a `[rows]` tensor of `dtype`.
+
+    A scalar is broadcast, so a batch with one setting computes exactly what a batch with that
+    setting repeated per row does.
+    """
+    return ops.broadcast_to(ops.reshape(ops.cast(value, dtype), (-1,)), (rows,))
+
+
 def stateless_uniform(shape, seed, step):
     """Uniform (0, 1) noise `shape = (rows, columns)` determined by an integer seed and a step.
 
@@ -36,8 +48,11 @@ def stateless_uniform(shape, seed, step):
     different streams from one seed). This one gives the same bits in TensorFlow, under XLA
     and on JAX, so a seed gives the same text in-process (compiled) and from a SavedModel.
     24 bits of resolution, ample for Gumbel-max sampling.
+
+    `seed` is a scalar or one seed per row: row r's noise is then what a batch with its seed
+    for every row draws at row r.
     """
-    seed = ops.cast(ops.convert_to_tensor(seed, "int32"), "uint32")
+    seed = ops.cast(ops.reshape(ops.cast(seed, "int32"), (-1, 1)), "uint32")  # [1, 1] or [rows, 1]
     step = ops.cast(ops.convert_to_tensor(step, "int32"), "uint32")
     key = _mix(seed * ops.convert_to_tensor(0x9E3779B9, "uint32") + step)
     index = ops.cast(ops.reshape(ops.arange(shape[0] * shape[1]), shape), "uint32")
@@ -48,10 +63,11 @@ def stateless_uniform(shape, seed, step):
 def sample_next_token(logits, temperature, top_k, top_p, uniform):
     """Next token ids `[batch]` from logits `[batch, vocabulary]`.
 
-    `temperature <= 0` or `top_k == 1` is greedy (argmax; ties go to the lowest id).
-    Otherwise logits are divided by the temperature, restricted to the `top_k` best (`top_k <=
-    0`: no limit) and to the smallest set of best tokens whose probability reaches `top_p`
-    (`top_p >= 1`: no limit), and one token is drawn with the Gumbel-max trick from the
+    `temperature`, `top_k` and `top_p` are scalars or `[batch]` vectors (a setting per row).
+    A row with `temperature <= 0` or `top_k == 1` is greedy (argmax; ties go to the lowest id).
+    Otherwise its logits are divided by the temperature, restricted to the `top_k` best
+    (`top_k <= 0`: no limit) and to the smallest set of best tokens whose probability reaches
+    `top_p` (`top_p >= 1`: no limit), and one token is drawn with the Gumbel-max trick from the
     `uniform` noise `[batch, vocabulary]`. Tokens tied with the last one kept are kept too.
 
     `uniform` may be the noise itself or a function returning it: a function is called only
@@ -62,17 +78,24 @@ def sample_next_token(logits, temperature, top_k, top_p, uniform):
     (`ops.top_k`, a partial sort), then applies `top_p` among them. A larger `top_k`, or
     `top_p < 1` without `top_k`, sorts the whole vocabulary: top-p needs the exact
     probability mass of all tokens ahead of each. (Ties with the k-th best token that fall
-    outside the `TOP_K_CANDIDATES` best are the only difference from a full sort.)
+    outside the `TOP_K_CANDIDATES` best are the only difference from a full sort.) A batch
+    whose rows need different paths runs each needed path once and picks per row.
     """
     logits = ops.cast(logits, "float32")
-    temperature = ops.cast(temperature, "float32")
-    top_k = ops.cast(top_k, "int32")
-    greedy = ops.logical_or(temperature <= 0, top_k == 1)
-    return ops.cond(
-        greedy,
-        lambda: ops.cast(ops.argmax(logits, axis=-1), "int32"),
-        lambda: _sample(logits / ops.maximum(temperature, 1e-6), top_k, ops.cast(top_p, "float32"), uniform),
-    )
+    rows = ops.shape(logits)[0]
+    temperature = _per_row(temperature, rows, "float32")
+    top_k = _per_row(top_k, rows, "int32")
+    top_p = _per_row(top_p, rows, "float32")
+    greedy_rows = ops.logical_or(temperature <= 0, top_k == 1)
+
+    def greedy():
+        return ops.cast(ops.argmax(logits, axis=-1), "int32")
+
+    def mixed():
+        scaled = logits / ops.maximum(temperature, 1e-6)[:, None]
+        return ops.where(greedy_rows, greedy(), _sample(scaled, top_k, top_p, uniform))
+
+    return ops.cond(ops.all(greedy_rows), greedy, mixed)
 
 
 # top_k <= this samples among the best tokens found by a partial sort (`ops.top_k` needs a
@@ -85,7 +108,8 @@ def _gumbel(uniform):
 
 
 def _sample(scaled, top_k, top_p, uniform):
-    """The sampling branch of `sample_next_token`: `scaled` = logits / temperature."""
+    """The sampling rows of `sample_next_token`: `scaled` = logits / temperature, `top_k` and
+    `top_p` `[batch]`."""
     vocabulary_size = scaled.shape[-1]
     candidates = min(TOP_K_CANDIDATES, vocabulary_size)
     noise = uniform if not callable(uniform) else None
@@ -93,38 +117,55 @@ def _sample(scaled, top_k, top_p, uniform):
     def get_noise():
         return uniform() if noise is None else noise
 
-    def unfiltered():
-        return ops.argmax(scaled + _gumbel(get_noise()), axis=-1)
+    def unfiltered(noise):
+        return ops.cast(ops.argmax(scaled + _gumbel(noise), axis=-1), "int32")
 
-    def among_candidates():
+    def among_candidates(noise):
         values, indices = ops.top_k(scaled, candidates)  # best first
-        choice = _filtered_choice(values, top_k, top_p, ops.take_along_axis(get_noise(), indices, axis=-1))
-        return ops.take_along_axis(indices, choice[:, None], axis=-1)[:, 0]
+        choice = _filtered_choice(values, top_k, top_p, ops.take_along_axis(noise, indices, axis=-1))
+        return ops.cast(ops.take_along_axis(indices, choice[:, None], axis=-1)[:, 0], "int32")
 
-    def whole_vocabulary():
+    def whole_vocabulary(noise):
         descending = ops.flip(ops.sort(scaled, axis=-1), axis=-1)
         kept = _kept_values(descending, top_k, top_p)
         filtered = ops.where(scaled >= kept, scaled, _NEGATIVE)
-        return ops.argmax(filtered + _gumbel(get_noise()), axis=-1)
+        return ops.cast(ops.argmax(filtered + _gumbel(noise), axis=-1), "int32")
 
+    candidate_rows = ops.logical_and(top_k > 0, top_k <= candidates)
     no_top_k = ops.logical_or(top_k <= 0, top_k >= vocabulary_size)
-    chosen = ops.cond(
-        ops.logical_and(top_k > 0, top_k <= candidates),
-        among_candidates,
-        lambda: ops.cond(ops.logical_and(no_top_k, top_p >= 1.0), unfiltered, whole_vocabulary),
+    unfiltered_rows = ops.logical_and(ops.logical_not(candidate_rows), ops.logical_and(no_top_k, top_p >= 1.0))
+    whole_rows = ops.logical_not(ops.logical_or(candidate_rows, unfiltered_rows))
+
+    def per_row():
+        # Rows with different settings: each path that some row needs runs once.
+        noise = get_noise()
+        unused = ops.zeros_like(top_k)
+
+        def path(rows, function):
+            return ops.cond(ops.any(rows), lambda: function(noise), lambda: unused)
+
+        return ops.where(
+            candidate_rows,
+            path(candidate_rows, among_candidates),
+            ops.where(unfiltered_rows, path(unfiltered_rows, unfiltered), path(whole_rows, whole_vocabulary)),
+        )
+
+    return ops.cond(
+        ops.all(candidate_rows),
+        lambda: among_candidates(get_noise()),
+        lambda: ops.cond(ops.all(unfiltered_rows), lambda: unfiltered(get_noise()), per_row),
     )
-    return ops.cast(chosen, "int32")
 
 
 def _kept_values(descending, top_k, top_p):
-    """`[batch, 1]`: the smallest value kept by top-k and top-p, from values sorted best first."""
+    """`[batch, 1]`: the smallest value kept by top-k and top-p (`[batch]` each), from values sorted best first."""
     size = descending.shape[-1]
     k = ops.where(top_k > 0, ops.minimum(top_k, size), size)
-    kth_best = ops.take(descending, k - 1, axis=-1)[:, None]
+    kth_best = ops.take_along_axis(descending, (k - 1)[:, None], axis=-1)
     descending = ops.where(descending >= kth_best, descending, _NEGATIVE)
     probabilities = ops.softmax(descending, axis=-1)
     mass_before = ops.cumsum(probabilities, axis=-1) - probabilities
-    kept = ops.logical_and(mass_before < top_p, descending > _NEGATIVE)
+    kept = ops.logical_and(mass_before < top_p[:, None], descending > _NEGATIVE)
     threshold = ops.min(ops.where(kept, descending, -_NEGATIVE), axis=-1)[:, None]
     return ops.maximum(threshold, kth_best)
 
@@ -156,7 +197,7 @@ def generate_tokens(
         prompt_lengths: int `[batch]`, each at least 1.
         max_new_tokens: scalar or `[batch]`: tokens to add after each prompt (capped by the buffer).
         end_token_id: a row stops after producing it (-1: never).
-        temperature, top_k, top_p, seed: see `sample_next_token`; scalars (tensors allowed).
+        temperature, top_k, top_p, seed: see `sample_next_token`; scalars or `[batch]` (tensors allowed).
 
     After a row stops, its remaining positions hold `pad_token_id`.
     """
@@ -166,7 +207,9 @@ def generate_tokens(
     batch_size, length = ops.shape(token_ids)[0], token_ids.shape[1]
     # One cache per layer in the loop state (see Decoder's `cache`): updated in place.
     cache = ops.unstack(decoder.init_cache(batch_size, length), axis=1)
-    start = ops.min(prompt_lengths)
+    # Decoding starts at the shortest prompt. The bound keeps the prefill finite whatever the
+    # input: the minimum of an empty batch is the int32 maximum, and a 0 length is no prompt.
+    start = ops.clip(ops.min(prompt_lengths), 1, length)
     # The output projection, transposed once before the loop (see Decoder.output_kernel): 1.1x
     # faster decoding at batch 8 on a CPU. At a static batch of 1, XLA's fused transpose-and-dot
     # (a dot per row of the token table, in its own layout) is faster than a vector-matrix product.
