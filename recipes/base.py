@@ -35,6 +35,8 @@ class RecipeConfig:
     data: str = "stdlib"
     batch_size: int = 32
     lowercase: bool = False  # cased WordPiece: code is case-sensitive
+    # "wordpiece" (BERT-style encoders) or "bpe" (lossless byte-level BPE: causal LMs, code).
+    tokenizer: str = "wordpiece"
     max_documents: int = 0  # use only the first N documents of each split (0: all); for quick runs
     # Optimisation: AdamW, linear warmup then decay, global-norm clipping.
     learning_rate: float = 5e-4
@@ -48,6 +50,43 @@ class RecipeConfig:
     clipnorm: float = 1.0
     gradient_accumulation_steps: int = 1
     seed: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Raises ValueError naming the first field whose value cannot train (a negative or NaN
+        learning rate, dropout of 1, zero layers...). Runs on every config, presets and overrides."""
+        import math
+
+        from zoo.optimization import DECAYS
+
+        def check(name, ok, requirement):
+            value = getattr(self, name)
+            if not ok(value):
+                raise ValueError(f"{name} must be {requirement}, got {value!r}. Give another value (on the command "
+                                 f"line: --set {name}=VALUE).")
+
+        def number(value):
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        def integer(value):
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        for name in ("vocabulary_size", "sequence_length", "num_layers", "hidden_dim", "num_heads",
+                     "intermediate_dim", "batch_size", "total_steps", "gradient_accumulation_steps"):
+            check(name, lambda v: integer(v) and v >= 1, "an integer >= 1")
+        for name in ("max_documents", "warmup_steps", "steps_per_epoch", "validation_steps"):
+            check(name, lambda v: integer(v) and v >= 0, "an integer >= 0")
+        check("learning_rate", lambda v: number(v) and v > 0, "a finite number > 0")
+        for name in ("weight_decay", "clipnorm"):
+            check(name, lambda v: number(v) and v >= 0, "a finite number >= 0")
+        check("dropout", lambda v: number(v) and 0 <= v < 1, "a number in [0, 1)")
+        check("decay", lambda v: v in DECAYS, f"one of {', '.join(DECAYS)}")
+        check("initializer_range", lambda v: number(v) and v > 0, "a finite number > 0")
+        check("tokenizer", lambda v: v in ("wordpiece", "bpe"), "one of wordpiece, bpe")
+        if self.tokenizer == "bpe" and self.lowercase:
+            raise ValueError("tokenizer=bpe keeps every byte of the text and cannot lowercase: set lowercase=false.")
 
 
 class Recipe:
@@ -80,8 +119,8 @@ class Recipe:
     # -- tokenizer -----------------------------------------------------------------------
 
     def get_tokenizer(self, source=None):
-        """The recipe's WordPiece tokenizer, trained on the source's training split on first use
-        and cached on disk by source, vocabulary size and casing."""
+        """The recipe's tokenizer (config `tokenizer`: wordpiece or bpe), trained on the source's
+        training split on first use and cached on disk by source, kind, vocabulary size and casing."""
         if self.tokenizer is None:
             from zoo.data import tokenizer
 
@@ -93,6 +132,7 @@ class Recipe:
                 lowercase=self.config.lowercase,
                 cache_dir=tokenizer.default_cache_dir(),
                 cache_key=tokenizer_cache_key(source),
+                kind=self.config.tokenizer,
             )
         return self.tokenizer
 

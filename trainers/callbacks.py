@@ -272,17 +272,42 @@ class TensorBoardSummaries(keras.callbacks.Callback):
             tf.summary.text("samples", tf.constant([_code_block(s) for s in samples]))
 
 
+def non_finite_variables(model):
+    """Paths of the model's weights and optimizer variables that hold a NaN or an infinity.
+
+    Reduced on the device, one boolean per variable comes back to the host. The loss of a step
+    is computed before that step's update, so a finite loss does not prove the updated weights
+    finite: this is the check to make before saving them.
+    """
+    variables = list(model.weights)
+    if model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    bad = []
+    for variable in variables:
+        if "float" not in str(variable.dtype):
+            continue
+        if not bool(keras.ops.convert_to_numpy(keras.ops.all(keras.ops.isfinite(variable)))):
+            bad.append(variable.path)
+    return bad
+
+
 class StopOnNaN(keras.callbacks.Callback):
-    """Stops training at the first NaN or infinite loss, saying where and what is still good.
+    """Stops training at the first NaN or infinite loss or weights, saying where and what is still good.
 
     Like `keras.callbacks.TerminateOnNaN`, but the message (to stderr, and to the `logging` module
     when logging is configured) names the global step (`optimizer.iterations` after the bad update),
     the epoch and batch, and the last good checkpoint: `checkpoint_dir` if it exists, otherwise it
-    says that none has been saved yet. `stopped_at_step` records the step (None while healthy).
+    says that none has been saved yet. `stopped_at_step` records the step (None while healthy) and
+    `reason` what was found.
+
+    The loss only shows a bad update one step late (the loss of step N is computed before update
+    N), and not at all after the last step. So callbacks that save weights call `check_weights()`
+    first: it checks every weight and optimizer variable, and stops training (with the same kind of
+    message) when one is not finite. It returns False then, and at every later call of this `fit`.
 
     Keras still runs validation and calls `on_epoch_end` after `stop_training` is set mid-epoch,
     with the diverged weights. Callbacks that save weights there (epoch checkpoints, backups) must
-    check for it and skip, e.g. `if stop_on_nan.stopped_at_step is not None` or
+    check for it and skip, e.g. `if not stop_on_nan.check_weights()` or
     `not math.isfinite(logs["loss"])`, or they overwrite the good checkpoint this message points to.
 
     Args:
@@ -293,23 +318,40 @@ class StopOnNaN(keras.callbacks.Callback):
         super().__init__()
         self.checkpoint_dir = checkpoint_dir
         self.stopped_at_step = None
+        self.reason = None
         self._epoch = 0
 
     def on_train_begin(self, logs=None):
         self.stopped_at_step = None
+        self.reason = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is None:
+        if loss is None or self.stopped_at_step is not None:
             return
         loss = float(keras.ops.convert_to_numpy(loss))
         if math.isfinite(loss):
             return
+        self._stop(f"the loss is {loss}", f"epoch {self._epoch + 1}, batch {batch}")
+
+    def check_weights(self):
+        """True when every weight and optimizer variable is finite; otherwise stops training."""
+        if self.stopped_at_step is not None:
+            return False
+        bad = non_finite_variables(self.model)
+        if not bad:
+            return True
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        self._stop(f"the weights are not finite ({bad[0]}{more})", f"epoch {self._epoch + 1}")
+        return False
+
+    def _stop(self, what, where):
         step = global_step(self.model)
         self.stopped_at_step = step
+        self.reason = what
         self.model.stop_training = True
         if self.checkpoint_dir and os.path.isdir(self.checkpoint_dir) and os.listdir(self.checkpoint_dir):
             checkpoint = f"the last good checkpoint is {self.checkpoint_dir}"
@@ -318,7 +360,7 @@ class StopOnNaN(keras.callbacks.Callback):
         else:
             checkpoint = "no checkpoint has been saved yet (no checkpoint directory was given)"
         message = (
-            f"Stopping: the loss is {loss} at global step {step} (epoch {self._epoch + 1}, batch {batch}); "
+            f"Stopping: {what} at global step {step} ({where}); "
             f"{checkpoint}. Lower the learning rate or check the data of that batch before resuming."
         )
         print(message, file=sys.stderr)

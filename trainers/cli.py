@@ -7,6 +7,7 @@ import os
 import sys
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
 # trainers.strategy.STRATEGY_NAMES, repeated here so that `zoo --help` does not import
 # TensorFlow (a test keeps the two equal).
 STRATEGY_CHOICES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
@@ -237,7 +238,10 @@ def _cmd_learning_curve(args):
 def _cmd_export(args):
     from trainers.export_commands import export_run
 
-    export_run(args.run_dir, out=args.out, top_k=args.top_k, jit_compile=args.xla)
+    try:
+        export_run(args.run_dir, out=args.out, top_k=args.top_k, jit_compile=args.xla)
+    except FileExistsError as error:  # exports are never overwritten: a usage error, one line
+        raise UsageError(str(error)) from error
     return 0
 
 
@@ -272,8 +276,35 @@ def _cmd_generate(args):
 def _cmd_serve(args):
     from trainers.export_commands import serve
 
-    serve(args.export_root, host=args.host, port=args.port)
+    try:
+        serve(
+            args.export_root, host=args.host, port=args.port, request_timeout=args.request_timeout,
+            read_deadline=args.read_deadline, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
+            queue_timeout=args.queue_timeout,
+        )
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # the port is taken, or the host is not one of this machine's addresses
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from error
     return 0
+
+
+def _port(text):
+    """An argparse type: a TCP port, 0..65535 (0: any free port, printed at start)."""
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 0..65535, got {text!r}")
+    return int(text)
+
+
+def _seconds(text):
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -288,11 +319,27 @@ def _add_recipe_arguments(parser):
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field (repeatable)")
 
 
+def _count(minimum):
+    """An argparse type: an integer >= `minimum` (a negative --steps would otherwise train nothing and exit 0)."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = "count"  # argparse names the type in its messages
+    return parse
+
+
 def _add_training_arguments(parser):
     _add_recipe_arguments(parser)
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, help="number of epochs (an epoch is the recipe's steps_per_epoch)")
-    length.add_argument("--steps", type=int, help="train this many steps in total (one epoch)")
+    length.add_argument("--epochs", type=_count(1), help="number of epochs (an epoch is the recipe's steps_per_epoch)")
+    length.add_argument("--steps", type=_count(1), help="train this many steps in total (one epoch)")
     parser.add_argument("--strategy", default="auto", choices=STRATEGY_CHOICES, help="tf.distribute strategy (default: auto)")
     parser.add_argument(
         "--init-from", help="classifier, multitask, bert-mlm: start from a checkpoint (a bert-mlm run, minilm or hf:<dir>)"
@@ -303,8 +350,9 @@ def _add_training_arguments(parser):
     )
     parser.add_argument("--no-xla", action="store_true", help="turn XLA compilation off")
     parser.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"], help="mixed precision policy")
-    parser.add_argument("--log-every", type=int, default=10, help="TensorBoard scalars every N steps (default 10)")
-    parser.add_argument("--backup-every", type=int, default=50, help="step backups every N steps (default 50)")
+    parser.add_argument("--log-every", type=_count(1), default=10, help="TensorBoard scalars every N steps (default 10)")
+    parser.add_argument("--backup-every", type=_count(0), default=50,
+                        help="step backups every N steps (default 50; 0: at epoch ends only)")
     parser.add_argument("--tensorboard-graph", action="store_true", help="also write the model graph to TensorBoard")
     parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
 
@@ -426,7 +474,16 @@ def build_parser():
     serve = commands.add_parser("serve", help="serve exports over TensorFlow Serving's REST API")
     serve.add_argument("export_root", nargs="?", default="saved_models", help="default: saved_models")
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback)")
-    serve.add_argument("--port", type=int, default=8501, help="default: 8501")
+    serve.add_argument("--port", type=_port, default=8501, help="default: 8501 (0: any free port, printed at start)")
+    serve.add_argument("--request-timeout", type=_seconds, default=20.0,
+                       help="seconds a client may stay silent while sending a request (default 20)")
+    serve.add_argument("--read-deadline", type=_seconds, default=60.0,
+                       help="seconds to receive a whole request, however it trickles in (default 60)")
+    serve.add_argument("--max-concurrent", type=int, default=4, help="predictions running at once (default 4)")
+    serve.add_argument("--max-queue", type=int, default=64,
+                       help="predictions waiting for a slot; more get 503 with Retry-After (default 64)")
+    serve.add_argument("--queue-timeout", type=_seconds, default=30.0,
+                       help="seconds a prediction waits for a slot before a 503 (default 30)")
     serve.set_defaults(handler=_cmd_serve)
     return parser
 
@@ -437,6 +494,7 @@ def main(argv=None):
     from trainers.quiet import import_tensorflow
 
     import_tensorflow(probe_devices=False)  # `train` creates its strategy before any device use
+    from trainers.errors import TrainingError
     from zoo.data.errors import DataFormatError, MissingCorpusError
 
     try:
@@ -445,6 +503,9 @@ def main(argv=None):
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
         print(f"zoo {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingError as error:  # training started and stopped on a fault (diverged, disk full): not a usage error
+        print(f"zoo {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"zoo {args.command}: interrupted; re-run the same command to resume.", file=sys.stderr)
         return 130

@@ -5,20 +5,27 @@ XLA on by default, mixed precision by flag, a run directory (config, tokenizer, 
 per-worker backups, TensorBoard), step-exact resume, and chief-only writes.
 
 Run directory:
-    runs/<name>/config.json        the full resolved recipe config
+    runs/<name>/config.json        the full resolved recipe config (written once data and model are built)
+    runs/<name>/config_history.jsonl  optimisation settings changed on resume: step, time, from -> to
     runs/<name>/tokenizer/         the vocabulary every checkpoint and export uses
-    runs/<name>/checkpoints/last/  after every epoch (model.keras, tokenizer/, config.json)
+    runs/<name>/checkpoints/last/  after every epoch (model.keras, tokenizer/, config.json, metrics.json)
     runs/<name>/checkpoints/best/  the best validation loss so far
-    runs/<name>/backup/worker-<i>/ step backups, one directory per worker
+    runs/<name>/backup/worker-<i>/ step backups (the two newest), one directory per worker
     runs/<name>/tb/                TensorBoard (train/, validation/)
+
+Checkpoints and backups only ever hold finite weights: a NaN or infinite loss, or weights made
+non-finite by an update, stop the run with `TrainingDiverged` naming the step and the backup a
+rerun resumes from.
 """
 
 import dataclasses
+import datetime
 import json
 import math
 import os
 import shutil
 import sys
+import tempfile
 import warnings
 
 import keras
@@ -26,9 +33,16 @@ import keras
 from trainers import backup as backup_lib
 from trainers.callbacks import StopOnNaN, TensorBoardSummaries
 from trainers.distributed_data import distribute
+from trainers.errors import CheckpointWriteError, RunSetupError, TrainingDiverged
 from trainers.strategy import get_strategy, is_chief, per_replica_batch_size
 
 MIXED_PRECISION_POLICIES = ("", "mixed_bfloat16", "mixed_float16")
+
+# Config fields a resumed run may change: they steer the optimiser, not the shape of the model,
+# its optimiser state or the data stream, so the backup still fits. The usual reason is a run that
+# diverged: lower the learning rate and rerun. Each change is appended to config_history.jsonl.
+RESUMABLE_FIELDS = ("learning_rate", "decay", "warmup_steps", "total_steps", "clipnorm", "weight_decay")
+CONFIG_HISTORY = "config_history.jsonl"
 
 
 @dataclasses.dataclass
@@ -42,7 +56,7 @@ class TrainOptions:
     jit_compile: bool = True  # XLA where it works (see resolve_jit_compile); Keras' "auto" is off on CPU
     mixed_precision: str = ""  # "", "mixed_bfloat16" or "mixed_float16" (with loss scaling)
     log_every: int = 10  # TensorBoard scalars every N steps
-    backup_every: int = 50  # step backups every N steps (a crash loses at most N steps)
+    backup_every: int = 50  # step backups every N steps (a crash loses at most N steps); 0: epoch ends only
     write_graph: bool = False  # the model graph in TensorBoard (tb/graph), off by default
     verbose: int = 1
 
@@ -90,7 +104,11 @@ def _replace_directory(write, target):
     os.makedirs(parent, exist_ok=True)
     temporary = target + ".partial"
     shutil.rmtree(temporary, ignore_errors=True)
-    write(temporary)
+    try:
+        write(temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)  # a half-written copy must not hold the disk full
+        raise
     old = target + ".old"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(target):
@@ -102,40 +120,78 @@ def _replace_directory(write, target):
 class RecipeCheckpoint(keras.callbacks.Callback):
     """After every epoch: `last/` (always) and `best/` (when `monitor` improves), as recipe checkpoints."""
 
-    def __init__(self, recipe, directory, monitor="val_loss"):
+    def __init__(self, recipe, directory, monitor="val_loss", guard=None):
         super().__init__()
         self.recipe = recipe
         self.directory = directory
         self.monitor = monitor
+        self.guard = guard  # a StopOnNaN: its check_weights() must pass before a checkpoint is written
         self.best = self._saved_best()
 
     def _saved_best(self):
         path = os.path.join(self.directory, "best", "metrics.json")
-        if os.path.exists(path):
+        if not os.path.exists(path):
+            return None
+        try:
             with open(path) as f:
-                return json.load(f).get(self.monitor)
-        return None
+                value = json.load(f).get(self.monitor)
+        except (OSError, ValueError, AttributeError) as error:
+            raise RunSetupError(
+                f"{path} is not a readable metrics file ({error}). Delete {os.path.dirname(path)} (the best "
+                "checkpoint is then chosen again from the next epochs) or restore the file."
+            ) from None
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
     def _save(self, name, logs):
         def write(directory):
             self.recipe.save(self.model, directory)
             with open(os.path.join(directory, "metrics.json"), "w") as f:
-                json.dump({k: float(v) for k, v in (logs or {}).items()}, f, indent=2)
+                json.dump(strict_json_metrics(logs), f, indent=2, allow_nan=False)
 
-        _replace_directory(write, os.path.join(self.directory, name))
+        target = os.path.join(self.directory, name)
+        try:
+            _replace_directory(write, target)
+        except OSError as error:
+            raise CheckpointWriteError(
+                f"Could not write the checkpoint {target}: {error.strerror or error}. The previous checkpoint and the "
+                "step backups are intact: free some space (or fix the disk) and rerun the same command to resume."
+            ) from None
 
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite((logs or {}).get("loss", 0.0)):
             return  # Keras still ends the epoch after StopOnNaN: keep the last good checkpoint
+        if self.guard is not None and not self.guard.check_weights():
+            return  # the last update of the epoch made the weights non-finite: keep the last good one
         self._save("last", logs)
         value = (logs or {}).get(self.monitor)
-        if value is not None and (self.best is None or value < self.best):
+        if value is not None and math.isfinite(value) and (self.best is None or value < self.best):
             self.best = float(value)
             self._save("best", logs)
 
 
+def strict_json_metrics(logs):
+    """`logs` as floats, with None (JSON null) for NaN and infinities, which strict JSON has no
+    literal for (Python's json would write NaN / Infinity, which other parsers reject)."""
+    metrics = {}
+    for key, value in (logs or {}).items():
+        value = float(value)
+        metrics[key] = value if math.isfinite(value) else None
+    return metrics
+
+
 class Trainer:
     """Trains `recipe` into `run_dir`; re-running the same command resumes where it stopped.
+
+    Nothing is written into `run_dir` until the data has loaded and the model is built, so a
+    command that fails early (bad data, bad config) can be corrected and rerun. A resumed run may
+    change the optimisation fields (`RESUMABLE_FIELDS`, recorded in config_history.jsonl); any
+    other difference from the run's config.json is refused.
+
+    Raises (from `train`):
+        RunSetupError: the run directory or the data must be fixed first (`zoo` exits 2).
+        TrainingDiverged: the loss or the weights became NaN or infinite; nothing after the last
+            good backup was saved (`zoo` exits 1).
+        BackupWriteError: a backup could not be written (disk full); the previous one is intact.
 
     Args:
         recipe: a recipe instance (`recipes.get(...)`).
@@ -159,6 +215,11 @@ class Trainer:
                 f"Unknown mixed precision policy {self.options.mixed_precision!r}; expected one of "
                 f"{', '.join(p or repr(p) for p in MIXED_PRECISION_POLICIES)}."
             )
+        for name, minimum in (("epochs", 1), ("steps_per_epoch", 0), ("validation_steps", 0), ("log_every", 1),
+                              ("backup_every", 0)):
+            value = getattr(self.options, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"TrainOptions.{name} must be an integer >= {minimum}, got {value!r}.")
 
     def path(self, *parts):
         return os.path.join(self.run_dir, *parts)
@@ -175,50 +236,176 @@ class Trainer:
 
     # -- the run directory ---------------------------------------------------------------
 
-    def _write_config(self, chief):
+    def _check_run_dir(self):
+        """Creates the run directory if needed (returns True then); a clear error if it cannot be written."""
+        path = self.run_dir
+        existed = os.path.isdir(path)
+        if os.path.exists(path) and not existed:
+            raise RunSetupError(f"The run directory {path} is a file, not a directory: choose another --run-dir.")
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):  # the mode bits can say writable on a read-only mount
+                pass
+        except OSError as error:
+            blocker = os.path.dirname(os.path.abspath(path))
+            while blocker != os.path.dirname(blocker) and not os.path.exists(blocker):
+                blocker = os.path.dirname(blocker)
+            where = f" ({blocker} is a file)" if os.path.isfile(blocker) else ""
+            raise RunSetupError(
+                f"Cannot write the run directory {path}: {error.strerror or error}{where}. Choose another --run-dir, "
+                "or make it writable."
+            ) from None
+        return not existed
+
+    def _read_config(self):
+        """The run's saved config.json as a dict, None for a new run."""
         path = self.path("config.json")
-        config = self.recipe.config_dict()
-        if os.path.exists(path):
+        if not os.path.exists(path):
+            return None
+        try:
             with open(path) as f:
                 saved = json.load(f)
-            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            if changed:
-                details = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed)
-                raise ValueError(
-                    f"{self.run_dir} holds a run with another config ({details}). Resume it with the same "
-                    "settings, or choose another --run-dir."
-                )
-        elif chief:
-            os.makedirs(self.run_dir, exist_ok=True)
-            with open(path, "w") as f:
-                json.dump(config, f, indent=2)
+        except (OSError, ValueError) as error:
+            saved, problem = None, f"not readable JSON ({error})"
+        if saved is not None and not isinstance(saved, dict):
+            problem = "not a JSON object of config fields"
+        elif saved is not None:
+            return saved
+        raise RunSetupError(
+            f"{path} is {problem}. Restore it, or delete {self.run_dir} (or choose another --run-dir) to start a "
+            "new run."
+        )
 
-    def _prepare_tokenizer(self, chief):
-        from zoo.data.tokenizer import load_tokenizer, save_tokenizer
+    def _config_changes(self, saved):
+        """{field: (saved, now)} of the resumable fields that differ; refuses any other difference."""
+        if saved is None:
+            return {}
+        config = self.recipe.config_dict()
+        defaults = {f.name: f.default for f in dataclasses.fields(self.recipe.config)}
+        changed = sorted(
+            k for k in set(saved) | set(config)
+            if saved.get(k) != config.get(k)
+            # A field added to the recipe after the run started, at its default: the run's value.
+            and not (k not in saved and k in defaults and config.get(k) == defaults[k])
+        )
+        fixed = [k for k in changed if k not in RESUMABLE_FIELDS]
+        if fixed:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in fixed)
+            raise RunSetupError(
+                f"{self.run_dir} holds a run with another config ({details}). Only {', '.join(RESUMABLE_FIELDS)} "
+                "may change when resuming: rerun with the run's other settings (see its config.json), or choose "
+                "another --run-dir."
+            )
+        return {k: (saved.get(k), config.get(k)) for k in changed}
+
+    def _write_config(self):
+        temporary = self.path("config.json.tmp")
+        with open(temporary, "w") as f:
+            json.dump(self.recipe.config_dict(), f, indent=2, allow_nan=False)
+        os.replace(temporary, self.path("config.json"))  # never half a config.json: it marks a complete run
+
+    def _record_config_changes(self, changes, step, chief):
+        """Appends the changes to config_history.jsonl, rewrites config.json, and says so."""
+        details = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        history = self.path(CONFIG_HISTORY)
+        if chief:
+            entry = {
+                "step": step,
+                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "changed": {k: {"from": old, "to": new} for k, (old, new) in changes.items()},
+            }
+            with open(history, "a") as f:
+                f.write(json.dumps(entry, allow_nan=False) + "\n")
+            self._write_config()
+        print(f"Resuming {self.run_dir} at step {step} with changed settings: {details} (recorded in {history}).",
+              file=sys.stderr)
+
+    def _prepare_tokenizer(self, resuming):
+        from zoo.data.tokenizer import load_tokenizer
 
         directory = self.path("tokenizer")
-        if os.path.isdir(directory):
+        if resuming and os.path.isdir(directory):
             self.recipe.tokenizer = load_tokenizer(directory)
             return
-        tokenizer = self.recipe.get_tokenizer(self.data)
-        if chief:
-            _replace_directory(lambda tmp: save_tokenizer(tokenizer, tmp), directory)
+        try:
+            self.recipe.get_tokenizer(self.data)
+        except ValueError:
+            if any(text.strip() for text in self.recipe.tokenizer_training_texts(self.data)):
+                raise
+            raise RunSetupError(
+                f"{self.data}: its training split holds no text to learn from (no files, or only empty ones): "
+                "add documents or choose another --data."
+            ) from None
 
-    # -- training ------------------------------------------------------------------------
+    def _commit_run_dir(self, resuming):
+        """A new run's tokenizer and config.json, written only once data and model are known good.
+        config.json goes last: a directory that has it is a complete run."""
+        from zoo.data.tokenizer import save_tokenizer
+
+        if resuming and os.path.isdir(self.path("tokenizer")):
+            return
+        try:
+            _replace_directory(lambda tmp: save_tokenizer(self.recipe.tokenizer, tmp), self.path("tokenizer"))
+            self._write_config()
+        except OSError as error:
+            raise RunSetupError(
+                f"Cannot write the run directory {self.run_dir}: {error.strerror or error}. Free some space (or fix "
+                "its permissions) and rerun, or choose another --run-dir."
+            ) from None
+
+    # -- data ----------------------------------------------------------------------------
+
+    def _dataset(self, split, repeat=False):
+        from zoo.data.errors import NotEnoughDataError
+
+        try:
+            (dataset,) = self.recipe.datasets(
+                self.data, batch_size=self.recipe.config.batch_size, splits=(split,), repeat=repeat
+            )
+        except NotEnoughDataError as error:
+            raise RunSetupError(
+                f"{self.data}: its {split} split is empty ({error}). Sources are split 90/5/5 by file (language "
+                "models) or 80/10/10 within each class (classification): add data (at least about 20 files, or 10 "
+                "examples per class)."
+            ) from None
+        return dataset
 
     def _steps(self):
         config = self.recipe.config
         steps_per_epoch = self.options.steps_per_epoch or getattr(config, "steps_per_epoch", 0)
         if not steps_per_epoch:  # one full pass: count the batches of a single pass once
-            (one_pass,) = self.recipe.datasets(self.data, batch_size=config.batch_size, splits=("train",))
+            one_pass = self._dataset("train")
             steps_per_epoch = int(one_pass.reduce(0, lambda count, _: count + 1))
             if steps_per_epoch == 0:
-                raise ValueError(f"The training data of {self.data!r} holds less than one batch.")
+                raise RunSetupError(
+                    f"{self.data}: the training split holds less than one batch of {config.batch_size}: add data, "
+                    "or lower --batch-size."
+                )
         validation_steps = self.options.validation_steps or getattr(config, "validation_steps", 0) or None
         return steps_per_epoch, validation_steps
 
+    def _check_validation(self, validation):
+        for _ in validation.take(1):
+            return
+        raise RunSetupError(
+            f"{self.data}: the validation split gives no batch of {self.recipe.config.batch_size}: add data, or "
+            "lower --batch-size (or --seq-len)."
+        )
+
+    def _check_labels(self):
+        # A classifier with one class reaches "accuracy 1.0" while learning nothing.
+        label_names = getattr(self.recipe, "label_names", None)
+        if label_names is not None and len(label_names) < 2:
+            raise RunSetupError(
+                f"{self.data}: the data has {len(label_names)} class ({', '.join(map(str, label_names))}); "
+                "a classifier needs at least two. Check the label column, or add examples of the other classes."
+            )
+
+    # -- training ------------------------------------------------------------------------
+
     def _callbacks(self, chief, worker, initial_step, tokens_per_batch, examples_per_batch):
         backup_dir = self.path("backup", f"worker-{worker}")
+        guard = StopOnNaN(checkpoint_dir=self.path("checkpoints", "last"))
         callbacks = []
         if chief:
             hparams = {k: v for k, v in self.recipe.config_dict().items() if isinstance(v, (int, float, str, bool))}
@@ -233,37 +420,65 @@ class Trainer:
             )
             if self.options.write_graph:
                 callbacks.append(keras.callbacks.TensorBoard(self.path("tb", "graph"), write_graph=True, update_freq="epoch"))
-            callbacks.append(RecipeCheckpoint(self.recipe, self.path("checkpoints")))
-        callbacks.append(StopOnNaN(checkpoint_dir=self.path("checkpoints", "last")))
-        callbacks.append(backup_lib.StepBackup(backup_dir, self.options.backup_every, initial_step=initial_step))
-        return callbacks + self.extra_callbacks
+            callbacks.append(RecipeCheckpoint(self.recipe, self.path("checkpoints"), guard=guard))
+        callbacks.append(guard)
+        callbacks.append(backup_lib.StepBackup(backup_dir, self.options.backup_every, initial_step=initial_step,
+                                               guard=guard))
+        return callbacks + self.extra_callbacks, guard
+
+    def _diverged(self, guard, backup_dir, resumed_from):
+        last = backup_lib.read_step(backup_dir)
+        rate = self.recipe.config.learning_rate
+        resume = f"resume from the backup of step {last}" if last else "start again from step 0"
+        if last and last == resumed_from:
+            # Finite is not the same as healthy: the updates before a divergence can leave huge
+            # (finite) weights that diverge again whatever the new learning rate.
+            resume += (f" (this run diverged before its first new backup: if the backup of step {last} diverges "
+                       "again, it is already too far off; start over with another --run-dir)")
+        return TrainingDiverged(
+            f"Training diverged at global step {guard.stopped_at_step}: {guard.reason}. Nothing after step {last} "
+            f"was saved. Lower the learning rate (now {rate:g}), e.g. --set learning_rate={rate / 10:g}, and rerun "
+            f"the same command to {resume}.",
+            step=guard.stopped_at_step, last_good_step=last,
+        )
 
     def _train(self, strategy):
         options = self.options
         chief = is_chief(strategy)
         worker = _worker_index(strategy)
-        self._write_config(chief)
-        self._prepare_tokenizer(chief)
+        backup_dir = self.path("backup", f"worker-{worker}")
+        created = self._check_run_dir()
+        try:
+            saved_config = self._read_config()
+            resuming = saved_config is not None
+            changes = self._config_changes(saved_config)
+            self._prepare_tokenizer(resuming)
 
-        config = self.recipe.config
-        per_replica_batch_size(config.batch_size, strategy)  # a clear error if it does not divide
-        # tf.data shuffles combine their seed with TensorFlow's global seed at the time the
-        # pipeline is built; fixing it first makes the data order the same wherever and whenever
-        # the pipeline is built (in this process, or inside a worker's dataset function).
-        keras.utils.set_random_seed(config.seed)
-        (train,) = self.recipe.datasets(self.data, batch_size=config.batch_size, splits=("train",), repeat=True)
-        (validation,) = self.recipe.datasets(self.data, batch_size=config.batch_size, splits=("validation",))
-        steps_per_epoch, validation_steps = self._steps()
-        total_steps = options.epochs * steps_per_epoch
-        if validation_steps:
-            validation = validation.take(validation_steps)
-        validation = distribute(strategy, lambda: validation, config.batch_size)
+            config = self.recipe.config
+            per_replica_batch_size(config.batch_size, strategy)  # a clear error if it does not divide
+            # tf.data shuffles combine their seed with TensorFlow's global seed at the time the
+            # pipeline is built; fixing it first makes the data order the same wherever and whenever
+            # the pipeline is built (in this process, or inside a worker's dataset function).
+            keras.utils.set_random_seed(config.seed)
+            train = self._dataset("train", repeat=True)
+            validation = self._dataset("validation")
+            self._check_labels()
+            steps_per_epoch, validation_steps = self._steps()
+            total_steps = options.epochs * steps_per_epoch
+            if validation_steps:
+                validation = validation.take(validation_steps)
+            self._check_validation(validation)
+            validation = distribute(strategy, lambda: validation, config.batch_size)
 
-        with strategy.scope():
-            jit_compile = resolve_jit_compile(options.jit_compile, strategy)
-            model = self.recipe.build_model(total_steps=total_steps, jit_compile=jit_compile)
-            model.optimizer.build(model.trainable_variables)
-        step = backup_lib.restore(model, self.path("backup", f"worker-{worker}"))
+            with strategy.scope():
+                jit_compile = resolve_jit_compile(options.jit_compile, strategy)
+                model = self.recipe.build_model(total_steps=total_steps, jit_compile=jit_compile)
+                model.optimizer.build(model.trainable_variables)
+            step = backup_lib.restore(model, backup_dir)
+        except BaseException:
+            if created and chief:  # no trace of a run that never started: the corrected command must not be refused
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
         resumed_from = step
         if step and options.verbose:
             print(f"Resuming {self.run_dir} from step {step} (epoch {step // steps_per_epoch + 1}).", file=sys.stderr)
@@ -271,9 +486,13 @@ class Trainer:
             if options.verbose:
                 print(f"{self.run_dir} already finished its {total_steps} steps.", file=sys.stderr)
             return TrainResult(model, self.run_dir, {}, step, resumed_from)
+        if chief:
+            self._commit_run_dir(resuming)
+        if changes:
+            self._record_config_changes(changes, step, chief)
 
         tokens_per_batch = config.batch_size * config.sequence_length
-        callbacks = self._callbacks(chief, worker, step, tokens_per_batch, config.batch_size)
+        callbacks, guard = self._callbacks(chief, worker, step, tokens_per_batch, config.batch_size)
         history = {}
 
         def fit(first_epoch, last_epoch, steps):
@@ -289,6 +508,8 @@ class Trainer:
                 )
             for key, values in result.history.items():
                 history.setdefault(key, []).extend(values)
+            if guard.stopped_at_step is not None:
+                raise self._diverged(guard, backup_dir, resumed_from)
 
         epoch, offset = divmod(step, steps_per_epoch)
         if offset:  # finish the interrupted epoch first
@@ -296,7 +517,7 @@ class Trainer:
             epoch, step = epoch + 1, (epoch + 1) * steps_per_epoch
         if epoch < options.epochs and not model.stop_training:
             fit(epoch, options.epochs, steps_per_epoch)
-        final_step = backup_lib.read_step(self.path("backup", f"worker-{worker}"))
+        final_step = backup_lib.read_step(backup_dir)
         return TrainResult(model, self.run_dir, history, final_step, resumed_from)
 
 

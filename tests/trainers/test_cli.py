@@ -42,7 +42,7 @@ def test_train_writes_the_run_directory_and_is_quiet(trained_run, lm_corpus):
     config = json.load(open(run_dir / "config.json"))
     assert config["recipe"] == "gpt-clm" and config["hidden_dim"] == 32 and config["sequence_length"] == 32
     assert config["data"] == str(lm_corpus)  # the source is part of the resolved config: evaluate reads it
-    for path in ("tokenizer/vocab.txt", "checkpoints/last/model.keras", "checkpoints/best/model.keras",
+    for path in ("tokenizer/tokenizer.json", "checkpoints/last/model.keras", "checkpoints/best/model.keras",
                  "backup/worker-0/backup.json"):
         assert os.path.exists(run_dir / path), path
 

@@ -46,3 +46,11 @@ class DataFormatError(ValueError):
 
     def __reduce__(self):
         return (type(self), (self.path, self.line, self.detail))
+
+
+class NotEnoughDataError(ValueError):
+    """A split holds no document or example to build a dataset from.
+
+    Raised by the pipelines, which do not know the source: callers that do (the trainer) re-raise
+    it naming the source and split.
+    """

@@ -28,6 +28,8 @@ import math
 import keras_hub
 import tensorflow as tf
 
+from zoo.data.errors import NotEnoughDataError
+
 SHUFFLE_BUFFER_BLOCKS = 4096
 
 
@@ -189,7 +191,7 @@ def classification_dataset(
     if len(texts) != len(labels):
         raise ValueError(f"Got {len(texts)} texts but {len(labels)} labels.")
     if not texts:
-        raise ValueError("classification_dataset needs at least one example.")
+        raise NotEnoughDataError("classification_dataset needs at least one example.")
     pad_id, cls_id, sep_id = (tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]"))
     packer = keras_hub.layers.StartEndPacker(
         sequence_length=sequence_length,
@@ -247,7 +249,7 @@ def _packed_blocks(documents, tokenizer, block_length, end_id, shuffle, seed, re
     """A dataset of [block_length] int32 blocks cut from the tokenized document stream."""
     documents = [document for document in documents if document]
     if not documents:
-        raise ValueError("Need at least one non-empty document to build a language-model dataset.")
+        raise NotEnoughDataError("Need at least one non-empty document to build a language-model dataset.")
     documents = tf.constant(documents, tf.string)
 
     def tokenize(document):
