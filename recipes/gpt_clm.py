@@ -13,6 +13,7 @@ from zoo.models import CausalLM, Decoder, Perplexity, SparseAccuracy, SparseCros
 @dataclasses.dataclass(frozen=True)
 class GPTConfig(RecipeConfig):
     dropout: float = 0.0  # as nanoGPT for pre-training; raise it for small data
+    tokenizer: str = "bpe"  # lossless byte-level BPE: generated code keeps its layout
     learning_rate: float = 1e-3
     activation: str = "gelu_approximate"  # GPT-2's tanh GELU
     position_embedding_type: str = "learned"  # learned | sinusoidal | none (with use_rotary)

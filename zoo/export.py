@@ -647,6 +647,8 @@ def _write_assets(directory, recipe, signatures, defaults, options, metrics):
 
 
 def _json_number(value):
+    if value is None:
+        return None  # a metric without a value (strict JSON null), not the string "None"
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -36,26 +36,33 @@ the `embeddings.position_ids` buffer are ignored; any other unused tensor is an 
 | cls.predictions.bias (= cls.predictions.decoder.bias) | `mlm_head.output_bias`                    |
 | cls.predictions.decoder.weight (tied)            | the token embedding, which the head reuses     |
 
-The tokenizer is a plain `keras_hub.tokenizers.WordPieceTokenizer` over the checkpoint's
-`vocab.txt` (lowercase and strip accents as `tokenizer_config.json` says), so
-`zoo.data.tokenizer.save_tokenizer` / `load_tokenizer` round-trip it and the zoo's pipelines and
-exports use it as they use their own. Its special tokens keep the checkpoint's ids (BERT:
-[PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103); the pipelines look them up by name.
+The tokenizer is a `zoo.data.bert_tokenizer.BertTokenizer` over the checkpoint's `vocab.txt`
+(lowercasing, accent stripping and CJK splitting as `tokenizer_config.json` says): a
+`keras_hub.tokenizers.WordPieceTokenizer` whose `tokenize` applies Hugging Face's
+`BertNormalizer`, `BertPreTokenizer` and `WordPiece` (100 characters a word) in TensorFlow ops,
+so `zoo.data.tokenizer.save_tokenizer` / `load_tokenizer` round-trip it (`"normalization":
+"bert"` in its tokenizer.json) and the zoo's pipelines and exports use it as they use their own.
+Its special tokens keep the checkpoint's ids (BERT: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102,
+[MASK] 103); the pipelines look them up by name.
 
-It gives the ids of the checkpoint's own `tokenizer.json` on ordinary text: ASCII and Latin
-text with accents, punctuation, numbers, Greek, Cyrillic, CJK, emoji, unknown words. It differs
-where keras-hub's normalisation differs from Hugging Face's `BertNormalizer`:
-- keras-hub lowercases with NFKC case folding, HF with plain lowercasing: compatibility
-  characters are rewritten first ("…" becomes "...", "ß" "ss", "ﬁ" "fi", "²" "2",
-  full-width "ＡＢＣ" "abc", "™" "tm"). The same NFKC step recomposes the Hangul jamo that
-  accent stripping (NFD) splits off, so Korean words become [UNK] where HF finds jamo pieces.
-- HF turns every Unicode space (no-break space U+00A0, U+3000, ...) into a space; keras-hub
-  splits only on ASCII whitespace, so "a\\u00a0b" is one unknown word.
-- HF deletes control and format characters (zero-width space, U+0085, vertical tab, U+FFFD)
-  inside words; keras-hub splits words at them.
-- HF recognises a literal "[MASK]" (any special token) in raw text; the zoo never does
-  (`special_tokens_in_strings=False`, see zoo/data/tokenizer.py).
-- HF maps words over 100 characters to [UNK], keras-hub words over 100 UTF-8 bytes.
+It gives the ids of the checkpoint's own `tokenizer.json`: on 1,142 test strings in two dozen
+scripts (CJK and Japanese with full-width punctuation, Korean, Arabic, Devanagari, Thai, emoji,
+compatibility characters, Unicode spaces, control and zero-width characters, words around the
+100-character limit, code, URLs; tests/zoo/data/test_bert_tokenizer.py), eagerly, in tf.data
+and through an exported SavedModel loaded without Keras, whatever the process's locale; and every
+code point is normalised and split as Hugging Face does except those listed below. It differs:
+- on a literal "[MASK]" (any special token) in raw text, which HF recognises and the zoo never
+  does (`special_tokens_in_strings=False`, see zoo/data/tokenizer.py). Deliberate.
+- on characters encoded since Unicode 13, where the libraries' Unicode versions differ: capital
+  letters whose lowercase Rust (HF) knows and TensorFlow's ICU does not (Vithkuqi, Garay,
+  U+A7C0 and other Latin additions, U+1C89, ...: the zoo leaves them upper case), and 21 letters
+  that tensorflow_text's NFD decomposes and HF's does not (Todhri, Tulu-Tigalari, Gurung Khema,
+  Kirat Rai, U+11938). With all-MiniLM-L6-v2's vocabulary such words are [UNK] either way; the
+  normalised text differs. The code points are listed in the test's `NEWER_LOWERCASE` and
+  `NEWER_DECOMPOSITIONS`.
+HF classifies punctuation, marks and control characters with older Unicode tables than
+TensorFlow's RE2 (e.g. U+2E43-2E5D are letters to it); `zoo.data.bert_tokenizer` follows HF's
+tables there, and the per-code-point test shows any new disagreement a TensorFlow upgrade brings.
 """
 
 import json
@@ -144,7 +151,7 @@ def load_encoder(directory, dtype=None):
 
     Returns:
         `(encoder, tokenizer, info)`: the built Encoder (post-norm, `sequence_length` =
-        `max_position_embeddings`), a `keras_hub.tokenizers.WordPieceTokenizer`, and a dict of
+        `max_position_embeddings`), a `zoo.data.bert_tokenizer.BertTokenizer`, and a dict of
         the config values used plus `directory`, `activation` (the zoo name),
         `special_token_ids`, `lowercase`, and, for sentence-transformers checkpoints,
         `pooling` and `max_seq_length`.
@@ -282,13 +289,14 @@ def read_config(directory):
 
 
 def load_tokenizer(directory):
-    """A `keras_hub.tokenizers.WordPieceTokenizer` over the checkpoint's `vocab.txt`.
+    """A `zoo.data.bert_tokenizer.BertTokenizer` over the checkpoint's `vocab.txt`.
 
     Options follow `tokenizer_config.json` as Hugging Face reads them: `do_lower_case`
     (default True), `strip_accents` (None: same as lowercasing), `tokenize_chinese_chars`
-    (default True). See the module docstring for where its ids can differ from HF's.
+    (default True); the word limit is `tokenizer.json`'s `max_input_chars_per_word` (default
+    100). See the module docstring for where its ids can differ from HF's.
     """
-    import keras_hub
+    from zoo.data.bert_tokenizer import MAX_CHARS_PER_WORD, BertTokenizer
 
     path = os.path.join(directory, VOCABULARY_FILE)
     if not os.path.isfile(path):
@@ -302,6 +310,12 @@ def load_tokenizer(directory):
     if os.path.isfile(config_path):
         with open(config_path, encoding="utf-8") as file:
             options = json.load(file)
+    max_chars_per_word = MAX_CHARS_PER_WORD
+    fast_path = os.path.join(directory, "tokenizer.json")
+    if os.path.isfile(fast_path):
+        with open(fast_path, encoding="utf-8") as file:
+            model = json.load(file).get("model") or {}
+        max_chars_per_word = model.get("max_input_chars_per_word") or MAX_CHARS_PER_WORD
     lowercase = bool(options.get("do_lower_case", True))
     strip_accents = options.get("strip_accents")
     strip_accents = lowercase if strip_accents is None else bool(strip_accents)
@@ -309,11 +323,12 @@ def load_tokenizer(directory):
     missing = [token for token in SPECIAL_TOKENS if token not in known]
     if missing:
         raise ValueError(f"{path}: special token(s) {', '.join(missing)} not in the vocabulary.")
-    return keras_hub.tokenizers.WordPieceTokenizer(
+    return BertTokenizer(
         vocabulary=vocabulary,
         lowercase=lowercase,
         strip_accents=strip_accents,
         split_on_cjk=bool(options.get("tokenize_chinese_chars", True)),
+        max_chars_per_word=max_chars_per_word,
         oov_token="[UNK]",
         special_tokens=list(SPECIAL_TOKENS),
         special_tokens_in_strings=False,

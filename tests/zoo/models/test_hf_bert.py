@@ -21,6 +21,7 @@ from keras import ops  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from tests.zoo.models.bert_reference import reference_forward  # noqa: E402
+from zoo.data.bert_tokenizer import BertTokenizer  # noqa: E402
 from zoo.data.tokenizer import load_tokenizer, save_tokenizer  # noqa: E402
 from zoo.models import hf_bert  # noqa: E402
 
@@ -35,7 +36,7 @@ SENTENCES = [
     "emoji 🙂 and symbols ∑ ∞ ≠ § ¶ † ‡ ° ±",
     "İstanbul KELVIN \u212a Ω ohm \u2126 ǅ dž",
     "tabs\tand\nnew lines\r\nand   spaces",
-    "x" * 120 + " " + "é" * 60,  # words over 100 characters/bytes become [UNK]
+    "x" * 120 + " " + "é" * 60,  # words over 100 characters become [UNK] (60 "é" are 120 bytes: not unknown)
     "",
 ]
 LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog, again and again."] * 40)
@@ -89,8 +90,7 @@ def test_token_ids_equal_the_checkpoints_tokenizer(imported, hf_tokenizer):
     assert zoo_ids(tokenizer, texts) == expected
     assert expected[-1][0] == 101 and expected[-1][-1] == 102 and len(expected[-1]) == SEQUENCE_LENGTH
     assert 100 in expected[-3]  # the over-long words really are unknown
-    # Inside a graph (as in the tf.data pipelines and exports) keras-hub takes its tf-text
-    # path rather than the Python one: same ids.
+    # Inside a graph (as in the tf.data pipelines and exports): the same ids.
     graph_ids = tf.function(lambda text: tokenizer(text))(tf.constant(SENTENCES)).to_list()
     hf_tokenizer.no_truncation()
     try:
@@ -102,20 +102,50 @@ def test_token_ids_equal_the_checkpoints_tokenizer(imported, hf_tokenizer):
 
 @pytest.mark.parametrize(
     "text",
-    ["wait…", "Straße", "ﬁne", "x²", "no\u00a0break", "zero\u200bwidth", "한국어", "a [MASK] token"],
+    # Where keras-hub's WordPieceTokenizer, which the importer used before, gave other ids; and
+    # where ICU's lowercasing alone would (final sigma; "I" under a Turkish locale).
+    [
+        "wait…", "Straße", "ﬁne", "x²", "no\u00a0break", "zero\u200bwidth", "한국어", "ΟΔΟΣ", "İSTANBUL", "ＡＢＣ™",
+        "ж" * 60,
+    ],
 )
-@pytest.mark.xfail(strict=True, reason="known keras-hub vs BertNormalizer difference (see zoo/models/hf_bert.py)")
-def test_known_tokenizer_differences(imported, hf_tokenizer, text):
+def test_former_differences_match(imported, hf_tokenizer, text):
     _, tokenizer, _ = imported
     assert zoo_ids(tokenizer, [text]) == hf_ids(hf_tokenizer, [text])
+
+
+@pytest.mark.xfail(
+    strict=True, reason="deliberate: the zoo never finds special tokens in raw text (zoo/data/tokenizer.py)"
+)
+def test_literal_special_tokens_differ(imported, hf_tokenizer):
+    _, tokenizer, _ = imported
+    assert zoo_ids(tokenizer, ["a [MASK] token"]) == hf_ids(hf_tokenizer, ["a [MASK] token"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\U00010570\U00010571",  # Vithkuqi capitals (Unicode 14): TensorFlow's ICU has no lowercase for them
+        "\ua7c0 \u2c2f",  # LATIN CAPITAL LETTER OLD POLISH O, GLAGOLITIC CAPITAL LETTER CAUDATE CHRIVI (Unicode 14)
+        "\U00011383",  # a Tulu-Tigalari letter (Unicode 16): decomposed by tensorflow_text's NFD, not by HF's
+        "\U00011938",  # DIVES AKURU VOWEL SIGN O: likewise
+    ],
+)
+@pytest.mark.xfail(strict=True, reason="Unicode 14+ case mappings and decompositions (see zoo/models/hf_bert.py)")
+def test_newest_unicode_differs(imported, hf_tokenizer, text):
+    """Normalised text, not ids: with this vocabulary these words are [UNK] either way."""
+    from zoo.data.bert_tokenizer import normalize
+
+    assert normalize(tf.constant([text])).numpy()[0].decode("utf-8") == hf_tokenizer.normalizer.normalize_str(text)
 
 
 def test_tokenizer_round_trips_through_save_tokenizer(imported, tmp_path):
     _, tokenizer, _ = imported
     save_tokenizer(tokenizer, str(tmp_path))
     reloaded = load_tokenizer(str(tmp_path))
+    assert isinstance(reloaded, BertTokenizer) and isinstance(tokenizer, BertTokenizer)
     assert reloaded.get_vocabulary() == tokenizer.get_vocabulary()
-    assert reloaded.lowercase and reloaded.strip_accents
+    assert reloaded.lowercase and reloaded.strip_accents and reloaded.max_chars_per_word == 100
     assert zoo_ids(reloaded, SENTENCES) == zoo_ids(tokenizer, SENTENCES)
 
 
