@@ -127,7 +127,10 @@ def test_whole_standard_library_is_lossless_and_equal_to_hugging_face(tokenizer,
     """Every source file of the standard library (tests included): the graph's pre-tokenisation
     equals Hugging Face's and concatenates back to the file; every distinct piece gets
     Hugging Face's ids and decodes back to itself. Together: identical ids and a byte-exact
-    round trip on the whole corpus, at the cost of one BPE pass per distinct piece."""
+    round trip on the whole corpus, at the cost of one BPE pass per distinct piece.
+
+    Every file takes about 2.5 minutes on two cores (passed on all of them); the suite takes
+    every 8th file, and ZOO_TEST_WHOLE_STDLIB=1 takes them all."""
     from tensorflow_text import regex_split
     from tokenizers import Regex, pre_tokenizers
 
@@ -144,6 +147,7 @@ def test_whole_standard_library_is_lossless_and_equal_to_hugging_face(tokenizer,
         except (UnicodeDecodeError, OSError):
             continue  # a handful of test files are deliberately not UTF-8
     assert len(texts) > 1500
+    texts = texts if os.environ.get("ZOO_TEST_WHOLE_STDLIB") else texts[::8]
     distinct = set()
     for start in range(0, len(texts), 256):
         batch = texts[start : start + 256]
