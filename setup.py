@@ -17,6 +17,7 @@ setup(
         "numpy>=1.26,<3",
         "pyyaml>=6,<7",
         "safetensors>=0.4,<1",
+        "tokenizers>=0.20,<1",  # trains the BPE vocabularies; the tests' reference tokenizer
         "werkzeug>=3.0,<4",  # the TF-Serving-compatible HTTP server (zoo serve)
         "pillow>=10,<14",  # confusion-matrix and trade-off plots (PNG) without matplotlib
     ],
