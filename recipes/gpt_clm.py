@@ -26,7 +26,7 @@ class GPTConfig(RecipeConfig):
 
 
 PRESETS = {
-    # The shared CPU benchmark shape (BENCHMARKS.md): 2 layers, hidden 128, 2 heads, context 128.
+    # The shared CPU benchmark shape (bench/README.md): 2 layers, hidden 128, 2 heads, context 128.
     "tiny": GPTConfig(),
     # The GPT-2 124M shape: 12 layers, hidden 768, 12 heads, context 1024, GPT-2's vocabulary size.
     "small": GPTConfig(

@@ -32,5 +32,5 @@ def test_minilm_fine_tuning_beats_scratch_and_the_naive_bayes_baseline():
     scratch.tokenizer = pretrained.tokenizer
     from_scratch = fine_tune(scratch)
     print(f"WordNet 4 classes, {STEPS} steps, 32 tokens: MiniLM {from_minilm:.3f}, scratch {from_scratch:.3f}")
-    assert from_minilm > 0.89  # Naive Bayes on the glosses (DESIGN.md)
+    assert from_minilm > 0.89  # a Naive Bayes baseline on the glosses (README, Pretrained encoders)
     assert from_minilm > from_scratch + 0.05
