@@ -5,9 +5,11 @@ Two kinds (a recipe's `tokenizer` config key):
 - "bpe": the zoo's lossless byte-level `zoo.data.bpe.BytePairTokenizer`, for causal LMs and
   code: decoding gives back every byte of the input, whitespace included.
 
-Every tokenizer made here is a plain `keras_hub.tokenizers.WordPieceTokenizer` whose vocabulary
-starts with `SPECIAL_TOKENS` at ids 0..4, so pipelines, models and exports can rely on
-`PAD_ID == 0` and friends. `[SEP]` doubles as the end-of-document token of causal LMs.
+Both vocabularies are learned by Hugging Face `tokenizers` (seconds on the 4 MB training
+sample, with a status line on stderr) and applied in the TensorFlow graph: WordPiece by
+keras-hub's own `WordPieceTokenizer`, BPE by the zoo's. Every vocabulary starts with
+`SPECIAL_TOKENS` at ids 0..4, so pipelines, models and exports can rely on `PAD_ID == 0` and
+friends. `[SEP]` doubles as the end-of-document token of causal LMs.
 
 Special tokens are never recognised inside raw text (`special_tokens_in_strings=False`): a
 source file that contains the characters "[MASK]" is tokenized as "[", "MASK", "]".
@@ -16,13 +18,18 @@ source file that contains the characters "[MASK]" is tokenized as "[", "MASK", "
 an export, so a model never meets a vocabulary other than the one it was trained with.
 """
 
+import collections
+import functools
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import time
 
 import keras_hub
 import tensorflow as tf
+from keras_hub.src.tokenizers.word_piece_tokenizer import MAX_BYTES_PER_WORD, pretokenize
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
@@ -33,9 +40,12 @@ FORMAT = "zoo.wordpiece/1"
 BPE_FORMAT = "zoo.bpe/1"
 TOKENIZER_KINDS = ("wordpiece", "bpe")
 DEFAULT_MAX_TRAINING_CHARS = 4_000_000
-# Word counts are scaled by this (see `train_tokenizer`): minimum piece frequency 10 / 5 = 2.
-COUNT_SCALE = 5
-TRAINING_BATCH = 512  # texts per element of the dataset the vocabulary learner reads
+# Part of a WordPiece cache entry's name: vocabularies learned by another learner (the earlier
+# entries, named without it, came from keras-hub's `compute_word_piece_vocabulary`) are not reused.
+WORDPIECE_LEARNER = "hf1"
+MIN_FREQUENCY = 2  # a pair of pieces seen fewer times is not merged into a new piece
+MAX_ALPHABET = 1000  # the most frequent characters kept as pieces (each twice: "c" and "##c")
+PRETOKENIZE_BATCH = 256  # texts per call of keras-hub's in-graph pre-tokenisation
 
 
 def default_cache_dir():
@@ -54,25 +64,31 @@ def train_tokenizer(
 ):
     """Trains a WordPiece (or, with `kind="bpe"`, a byte-level BPE) tokenizer on `texts`, or loads it from the cache.
 
-    BPE: `zoo.data.bpe.train_bpe` (Hugging Face `tokenizers`, seconds on the 4 MB sample); the
-    special tokens take ids 0..4, and `lowercase` must be False (lowercasing is not lossless).
+    Both kinds learn on a deterministic sample of at most `max_training_chars` characters: whole
+    texts in the order of an MD5 hash of their content (the last one cut at a line break), so
+    the sample is spread over the corpus rather than its first files. Both are learned by
+    Hugging Face `tokenizers`, in seconds on the 4 MB default; a status line on stderr says
+    what is being trained, and another how long it took (or, on a cache hit, where the
+    vocabulary was loaded from).
 
-    The vocabulary is learned with `keras_hub.tokenizers.compute_word_piece_vocabulary` on a
-    deterministic sample of at most `max_training_chars` characters: whole texts in the order
-    of an MD5 hash of their content (the last one cut at a line break), so the sample is spread
-    over the corpus rather than its first files. The learner's cost grows with the number of
-    distinct words; the 4 MB default keeps training on the whole standard library under a
-    minute on two CPU cores, and a WordPiece vocabulary of a few thousand pieces is settled well
-    before that.
+    BPE: `zoo.data.bpe.train_bpe`; the special tokens take ids 0..4, and `lowercase` must be
+    False (lowercasing is not lossless).
 
-    `compute_word_piece_vocabulary` cannot be told its minimum piece frequency, which is fixed
-    at 10 (the tf-text learner's `lower_thresh`): on a 4 MB sample of the standard library that
-    yields only about 6,100 of 8,192 pieces. The sample is therefore fed `COUNT_SCALE` (5) times,
-    which multiplies every count by 5 and so lowers the effective minimum frequency to 2
-    without changing the ranking of pieces; it costs a few more seconds of word counting. If
-    the corpus still has too few pieces, the vocabulary is filled up with `[unused0]`,
-    `[unused1]`, ... (BERT's convention; raw text can never produce them), so that
-    `vocabulary_size()` is always exactly `vocabulary_size` and model shapes follow the config.
+    WordPiece (`_train_wordpiece`): the texts are cut into words by keras-hub's own in-graph
+    pre-tokenisation, with the options of the tokenizer that will apply the vocabulary (split on
+    whitespace, control characters, punctuation and CJK characters; with `lowercase`, accents
+    stripped and case folded), so the learner counts exactly the words the tokenizer will
+    meet. The vocabulary is the special tokens at ids 0..4; every character seen (at most the
+    `MAX_ALPHABET` most frequent) both as "c" and as "##c", so that any word made of them
+    has a tokenization instead of becoming `[UNK]`; then the pieces of `tokenizers`'
+    `WordPieceTrainer` (BPE-style merges, continuing pieces marked "##"), in the order
+    learned, merging only pairs seen at least `MIN_FREQUENCY` (2) times. Words of other
+    characters, and words longer than keras-hub's 100 bytes (always `[UNK]`), are left out.
+    The same texts give the same vocabulary, in every process. If the corpus has too few
+    pieces, the vocabulary is filled up with `[unused0]`, `[unused1]`, ... (BERT's
+    convention; raw text can never produce them), so that `vocabulary_size()` is always
+    exactly `vocabulary_size` and model shapes follow the config. The tokenizer returned is
+    keras-hub's `WordPieceTokenizer` over that vocabulary.
 
     Args:
         texts: list of training strings.
@@ -80,14 +96,16 @@ def train_tokenizer(
         lowercase: lowercase (and strip accents from) the input. Off by default: the main
             corpus is source code, where case carries meaning.
         cache_dir: directory of the cache; with `cache_key`, the vocabulary is stored in
-            `<cache_dir>/<cache_key>-v<vocabulary_size>-<cased|uncased>/` and reused by the
-            next call with the same arguments without retraining. `default_cache_dir()` is
-            the usual choice. The key must name the training data (e.g. "stdlib-train").
+            `<cache_dir>/<cache_key>-v<vocabulary_size>-<cased|uncased>-hf1/` (BPE:
+            `<cache_key>-v<vocabulary_size>-bpe/`) and reused by the next call with the same
+            arguments without retraining. The `-hf1` names the WordPiece learner: entries of
+            the earlier one are left alone and retrained. `default_cache_dir()` is the usual
+            choice. The key must name the training data (e.g. "stdlib-train").
         cache_key: see `cache_dir`. No caching unless both are given.
         max_training_chars: the cap on training characters; `None` trains on everything.
 
     Returns:
-        A `keras_hub.tokenizers.WordPieceTokenizer`.
+        A `keras_hub.tokenizers.WordPieceTokenizer` (BPE: a `zoo.data.bpe.BytePairTokenizer`).
     """
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"Unknown tokenizer kind {kind!r}; expected one of {', '.join(TOKENIZER_KINDS)}.")
@@ -98,47 +116,118 @@ def train_tokenizer(
             f"vocabulary_size must exceed the {len(SPECIAL_TOKENS)} special tokens, "
             f"got {vocabulary_size}."
         )
+    name = "byte-level BPE" if kind == "bpe" else "WordPiece"
     cache_path = None
     if cache_dir is not None and cache_key is not None:
         if os.sep in cache_key or "/" in cache_key or cache_key.startswith("."):
             raise ValueError(f"cache_key must be a plain name without '/', got {cache_key!r}.")
-        casing = "bpe" if kind == "bpe" else "uncased" if lowercase else "cased"
+        casing = "bpe" if kind == "bpe" else ("uncased" if lowercase else "cased") + "-" + WORDPIECE_LEARNER
         cache_path = os.path.join(cache_dir, f"{cache_key}-v{vocabulary_size}-{casing}")
         cached = _load_cached(cache_path, vocabulary_size, lowercase, kind)
         if cached is not None:
+            _status(f"Loaded the {name} vocabulary ({vocabulary_size} tokens) from the cache: {cache_path}")
             return cached
 
     sample = _training_sample(texts, max_training_chars)
     if not sample:
         raise ValueError("train_tokenizer needs at least one non-empty text.")
+    megabytes = sum(len(text.encode("utf-8", "replace")) for text in sample) / 1e6
+    options = "" if kind == "bpe" else ", uncased" if lowercase else ", cased"
+    _status(f"Training a {name} vocabulary ({vocabulary_size} tokens{options}) on {megabytes:.1f} MB of text...")
+    start = time.perf_counter()
     if kind == "bpe":
         tokenizer = _train_bpe(sample, vocabulary_size)
-        if cache_path is not None:
-            save_tokenizer(tokenizer, cache_path)
-        return tokenizer
-    # Batched: the learner counts words in a Python loop over the dataset's elements, and one
-    # element per text made that loop most of the time on corpora of short texts (WordNet's
-    # glosses: 19 s -> 13 s, the same vocabulary).
-    vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
-        tf.data.Dataset.from_tensor_slices(sample).batch(TRAINING_BATCH).repeat(COUNT_SCALE),
-        vocabulary_size,
-        lowercase=lowercase,
-        strip_accents=lowercase,
-        reserved_tokens=SPECIAL_TOKENS,
+    else:
+        tokenizer = _train_wordpiece(sample, vocabulary_size, lowercase)
+    if cache_path is not None:
+        save_tokenizer(tokenizer, cache_path)
+    where = f"; cached in {cache_path}" if cache_path is not None else ""
+    _status(f"... done in {time.perf_counter() - start:.1f} s{where}")
+    return tokenizer
+
+
+def _status(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def _train_wordpiece(texts, vocabulary_size, lowercase):
+    """keras-hub's `WordPieceTokenizer` over a vocabulary learned from `texts` (see `train_tokenizer`)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    words = _word_counts(texts, lowercase)
+    characters = collections.Counter()
+    for word, count in words.items():
+        for character in word:
+            characters[character] += count
+    # The most frequent characters, ties by code point; "c" and "##c" must both fit.
+    room = (vocabulary_size - len(SPECIAL_TOKENS)) // 2
+    ranked = sorted(characters, key=lambda c: (-characters[c], c))
+    alphabet = sorted(ranked[: min(MAX_ALPHABET, room)])
+    allowed = set(alphabet)
+    words = {word: count for word, count in words.items() if set(word) <= allowed}
+    continuing = [f"##{c}" for c in alphabet]
+
+    model = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS[UNK_ID], continuing_subword_prefix="##"))
+    model.pre_tokenizer = pre_tokenizers.Split("\n", behavior="removed")  # words are already cut
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocabulary_size,
+        min_frequency=MIN_FREQUENCY,
+        # The "##c" pieces go in as special tokens only so that their ids come in a fixed order:
+        # the trainer otherwise numbers them in hash-map order, which breaks ties between
+        # equally frequent pairs differently from run to run (huggingface/tokenizers#1794).
+        special_tokens=SPECIAL_TOKENS + continuing,
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        continuing_subword_prefix="##",
+        show_progress=False,
     )
-    vocabulary = list(vocabulary)[:vocabulary_size]
-    if vocabulary[: len(SPECIAL_TOKENS)] != SPECIAL_TOKENS:
-        raise RuntimeError(f"Special tokens not at ids 0..4: {vocabulary[:5]}")
+    # One sequence per distinct word, the word repeated as often as it was seen: the trainer
+    # counts the same words as in the texts, from a fixed order.
+    model.train_from_iterator(
+        ("\n".join([word] * count) for word, count in sorted(words.items())), trainer=trainer, length=len(words)
+    )
+    learned = sorted(model.get_vocab().items(), key=lambda item: item[1])
+    if [token for token, _ in learned[: len(SPECIAL_TOKENS)]] != SPECIAL_TOKENS:
+        raise RuntimeError(f"Special tokens not at ids 0..4: {learned[:5]}")
+    # Special tokens, characters, "##" characters, then the learned pieces in the order learned.
+    vocabulary = SPECIAL_TOKENS + alphabet + continuing
+    known = set(vocabulary)
+    vocabulary += [token for token, _ in learned if token not in known]
+    vocabulary = vocabulary[:vocabulary_size]
     known = set(vocabulary)
     filler = (f"[unused{i}]" for i in range(vocabulary_size))
     while len(vocabulary) < vocabulary_size:
         token = next(filler)
         if token not in known:
             vocabulary.append(token)
-    tokenizer = _make_tokenizer(vocabulary, lowercase=lowercase, strip_accents=lowercase)
-    if cache_path is not None:
-        save_tokenizer(tokenizer, cache_path)
-    return tokenizer
+    return _make_tokenizer(vocabulary, lowercase=lowercase, strip_accents=lowercase)
+
+
+def _word_counts(texts, lowercase):
+    """{word: count} of `texts` as `_make_tokenizer(..., lowercase=lowercase)` cuts them: by
+    keras-hub's in-graph pre-tokenisation itself. Words over keras-hub's `MAX_BYTES_PER_WORD`
+    are left out (the tokenizer maps them to [UNK] whatever the vocabulary)."""
+    cut = _word_cutter(lowercase)
+    counts = collections.Counter()
+    for first in range(0, len(texts), PRETOKENIZE_BATCH):
+        for joined in cut(tf.constant(texts[first : first + PRETOKENIZE_BATCH])).numpy():
+            counts.update(joined.decode("utf-8", "replace").split("\n"))
+    counts.pop("", None)
+    return {word: n for word, n in counts.items() if len(word.encode("utf-8")) <= MAX_BYTES_PER_WORD}
+
+
+@functools.lru_cache(maxsize=None)
+def _word_cutter(lowercase):
+    """A graph function: a batch of texts -> each text's words joined by newlines (no word holds one)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def cut(batch):
+        # The arguments `WordPieceTokenizer._tokenize_tf` passes for our tokenizers: split, CJK
+        # characters split, no special-token pattern (special_tokens_in_strings=False).
+        words = pretokenize(batch, lowercase, lowercase, True, True, None)
+        return tf.strings.reduce_join(words, axis=-1, separator="\n")
+
+    return cut
 
 
 def _train_bpe(texts, vocabulary_size):

@@ -1,7 +1,9 @@
-"""WordPiece tokenizer: special token ids, casing, the cache, save/load round trips."""
+"""WordPiece tokenizer: the learner, special token ids, casing, the cache, status lines,
+save/load round trips."""
 
 import json
 import os
+import re
 
 import keras_hub
 import numpy as np
@@ -80,54 +82,109 @@ def test_uncased_tokenizer_folds_case_and_accents():
     assert uncased.vocabulary_size() == 60  # padded with [unusedN] beyond what was learned
 
 
-def test_vocabulary_equals_keras_hubs_learner_on_the_repeated_texts_one_by_one(monkeypatch):
-    # train_tokenizer feeds the learner batches of texts, COUNT_SCALE times over (for speed, and
-    # for the minimum piece frequency): the vocabulary must be the one keras-hub learns from
-    # the very same texts fed one element at a time. Fortunes: hundreds of short documents.
-    monkeypatch.setattr(tokenizers, "TRAINING_BATCH", 64)
+def test_learned_vocabulary_is_exact_complete_and_deterministic():
+    # Fortunes: hundreds of short English documents, learned uncased.
     texts = corpora.text_documents("fortunes", max_documents=150)
-    ours = tokenizers.train_tokenizer(texts, 400, lowercase=True).get_vocabulary()
-    reference = keras_hub.tokenizers.compute_word_piece_vocabulary(
-        tf.data.Dataset.from_tensor_slices(texts).repeat(tokenizers.COUNT_SCALE),
-        400, lowercase=True, strip_accents=True, reserved_tokens=tokenizers.SPECIAL_TOKENS,
-    )
-    reference = list(reference)[:400]
-    assert len(texts) > tokenizers.TRAINING_BATCH  # more than one batch
-    assert len(reference) > 150
-    assert list(ours[: len(reference)]) == reference
-    assert all(token.startswith("[unused") for token in ours[len(reference):])  # the filler
+    vocabulary = tokenizers.train_tokenizer(texts, 400, lowercase=True).get_vocabulary()
+    assert vocabulary[:5] == tokenizers.SPECIAL_TOKENS
+    assert len(vocabulary) == len(set(vocabulary)) == 400
+    assert not any(token.startswith("[unused") for token in vocabulary)  # enough text for 400 pieces
+    # Every character of the words the tokenizer meets is a piece alone and after "##", so a
+    # word of those characters always has a tokenization: none of the training text is [UNK].
+    characters = {c for word in tokenizers._word_counts(texts, lowercase=True) for c in word}
+    assert len(characters) > 26
+    assert characters | {"##" + c for c in characters} <= set(vocabulary)
+    assert not any(token != token.lower() for token in vocabulary[5:])  # uncased: folded first
+    tokenizer = tokenizers._make_tokenizer(vocabulary, lowercase=True, strip_accents=True)
+    assert tokenizers.UNK_ID not in [i for ids in _graph_ids(tokenizer, texts) for i in ids]
+    # Deterministic: the same texts, in this or another order, give the very same vocabulary
+    # (the trainer of `tokenizers` alone breaks ties in hash-map order, which varies by run).
+    assert tokenizers.train_tokenizer(texts, 400, lowercase=True).get_vocabulary() == vocabulary
+    assert tokenizers.train_tokenizer(texts[::-1], 400, lowercase=True).get_vocabulary() == vocabulary
+
+
+def test_learner_counts_the_words_the_tokenizer_meets():
+    # keras-hub's own in-graph pre-tokenisation: uncased strips accents and folds case (ß -> ss),
+    # punctuation and CJK characters are words of their own, words over 100 bytes (always [UNK]) go.
+    text = "Straße, CAFÉ!  日本 x" + "y" * 120 + " Straße"
+    assert tokenizers._word_counts([text], lowercase=True) == {
+        "strasse": 2, ",": 1, "cafe": 1, "!": 1, "日": 1, "本": 1,
+    }
+    assert tokenizers._word_counts([text], lowercase=False) == {
+        "Straße": 2, ",": 1, "CAFÉ": 1, "!": 1, "日": 1, "本": 1,
+    }
+
+
+def test_held_out_code_has_few_unknown_tokens(tokenizer):
+    # Learned from 12 modules, applied (in the graph) to modules of the test split: every
+    # character of the training text is a piece, so only characters never seen become [UNK].
+    # (keras-hub's compute_word_piece_vocabulary, the learner before, left 2.1% [UNK] here.)
+    held_out = corpora.text_documents("stdlib", "test", max_documents=8)
+    ids = [i for row in _graph_ids(tokenizer, held_out) for i in row]
+    assert len(ids) > 10_000
+    assert ids.count(tokenizers.UNK_ID) / len(ids) < 0.002
 
 
 def test_cache_is_written_atomically_and_reused(tmp_path, monkeypatch):
     calls = []
-    real = keras_hub.tokenizers.compute_word_piece_vocabulary
+    real = tokenizers._train_wordpiece
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(keras_hub.tokenizers, "compute_word_piece_vocabulary", counting)
+    monkeypatch.setattr(tokenizers, "_train_wordpiece", counting)
     texts = ["for item in items: yield item.value"] * 10 + ["while True: break"] * 10
+    # An entry of the earlier learner (named without "-hf1") is neither reused nor an error.
+    stale = tokenizers._make_tokenizer(tokenizers.SPECIAL_TOKENS + [f"[unused{i}]" for i in range(75)])
+    tokenizers.save_tokenizer(stale, str(tmp_path / "tiny-v80-cased"))
     first = tokenizers.train_tokenizer(texts, 80, cache_dir=str(tmp_path), cache_key="tiny")
     assert len(calls) == 1
-    entry = tmp_path / "tiny-v80-cased"
+    assert first.get_vocabulary() != stale.get_vocabulary()
+    entry = tmp_path / "tiny-v80-cased-hf1"
     assert sorted(os.listdir(entry)) == ["tokenizer.json", "vocab.txt"]  # no temp files left
     assert json.loads((entry / "tokenizer.json").read_text())["lowercase"] is False
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("the cached vocabulary should have been reused")
 
-    monkeypatch.setattr(keras_hub.tokenizers, "compute_word_piece_vocabulary", must_not_train)
+    monkeypatch.setattr(tokenizers, "_train_wordpiece", must_not_train)
     second = tokenizers.train_tokenizer(texts, 80, cache_dir=str(tmp_path), cache_key="tiny")
     assert second.get_vocabulary() == first.get_vocabulary()
     # A different size or casing is a different entry, trained afresh.
-    monkeypatch.setattr(keras_hub.tokenizers, "compute_word_piece_vocabulary", counting)
+    monkeypatch.setattr(tokenizers, "_train_wordpiece", counting)
     tokenizers.train_tokenizer(texts, 80, lowercase=True, cache_dir=str(tmp_path), cache_key="tiny")
-    assert len(calls) == 2 and (tmp_path / "tiny-v80-uncased" / "vocab.txt").is_file()
-    # A half-written entry (no tokenizer.json) is retrained, not trusted.
+    assert len(calls) == 2 and (tmp_path / "tiny-v80-uncased-hf1" / "vocab.txt").is_file()
+    # A half-written entry (no tokenizer.json) is retrained, not trusted; so is a garbled one.
     (entry / "tokenizer.json").unlink()
     tokenizers.train_tokenizer(texts, 80, cache_dir=str(tmp_path), cache_key="tiny")
     assert len(calls) == 3
+    (entry / "tokenizer.json").write_text("{", encoding="utf-8")
+    assert tokenizers.train_tokenizer(texts, 80, cache_dir=str(tmp_path), cache_key="tiny").get_vocabulary() == (
+        first.get_vocabulary()
+    )
+    assert len(calls) == 4
+
+
+def test_training_prints_status_lines(tmp_path, capsys):
+    texts = ["for item in items: yield item.value"] * 10 + ["while True: break"] * 10
+    tokenizers.train_tokenizer(texts, 80, cache_dir=str(tmp_path), cache_key="tiny")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "Training a WordPiece vocabulary (80 tokens, cased) on 0.0 MB of text..."
+    assert re.fullmatch(r"\.\.\. done in \d+\.\d s; cached in .*tiny-v80-cased-hf1", lines[1]), lines
+    # A cache hit says where the vocabulary came from, in one line.
+    tokenizers.train_tokenizer(texts, 80, cache_dir=str(tmp_path), cache_key="tiny")
+    assert capsys.readouterr().err.splitlines() == [
+        f"Loaded the WordPiece vocabulary (80 tokens) from the cache: {tmp_path / 'tiny-v80-cased-hf1'}"
+    ]
+    tokenizers.train_tokenizer(texts, 60, lowercase=True)  # no cache: nothing about one
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "Training a WordPiece vocabulary (60 tokens, uncased) on 0.0 MB of text..."
+    assert re.fullmatch(r"\.\.\. done in \d+\.\d s", lines[1]), lines
+    tokenizers.train_tokenizer(texts, 300, kind="bpe")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "Training a byte-level BPE vocabulary (300 tokens) on 0.0 MB of text..."
+    assert re.fullmatch(r"\.\.\. done in \d+\.\d s", lines[1]), lines
 
 
 def test_save_load_round_trip_gives_identical_ids(tokenizer, tmp_path):
