@@ -100,6 +100,7 @@ class Recipe:
     def __init__(self, config):
         self.config = config
         self.tokenizer = None
+        self._preprocessor = None
 
     # -- configuration -------------------------------------------------------------------
 
@@ -140,6 +141,25 @@ class Recipe:
         from zoo.data import corpora
 
         return corpora.text_documents(source, "train")
+
+    @property
+    def preprocessor(self):
+        """The recipe's `zoo.data.preprocessing` layer: the only code that turns its text into
+        the model's ids (pipelines, generation, evaluation and export all call it). It wraps
+        `tokenizer`, which must be set (trained by `datasets()` / `get_tokenizer()`, or loaded
+        with a checkpoint); a new tokenizer gets a new preprocessor."""
+        if self.tokenizer is None:
+            raise ValueError(
+                f"{self.name}: no tokenizer yet, so no preprocessor: call datasets() or get_tokenizer() first, "
+                "or load one with the checkpoint."
+            )
+        if self._preprocessor is None or self._preprocessor.tokenizer is not self.tokenizer:
+            self._preprocessor = self.make_preprocessor(self.tokenizer)
+        return self._preprocessor
+
+    def make_preprocessor(self, tokenizer):
+        """The recipe's preprocessor over `tokenizer` (subclasses choose the kind and its settings)."""
+        raise NotImplementedError
 
     @property
     def model_vocabulary_size(self):
@@ -195,13 +215,14 @@ class Recipe:
     # -- checkpoints and export ----------------------------------------------------------
 
     def save(self, model, directory):
-        """A self-contained checkpoint: `model.keras`, `tokenizer/` and `config.json`."""
-        from zoo.data.tokenizer import save_tokenizer
+        """A self-contained checkpoint: `model.keras`, `tokenizer/`, `preprocessor.json` (the
+        preprocessor's kind, sequence length and truncation rule) and `config.json`."""
+        from zoo.data.preprocessing import save_preprocessor
 
         os.makedirs(directory, exist_ok=True)
         model.save(os.path.join(directory, "model.keras"))
         if self.tokenizer is not None:
-            save_tokenizer(self.tokenizer, os.path.join(directory, "tokenizer"))
+            save_preprocessor(self.preprocessor, directory)
         with open(os.path.join(directory, "config.json"), "w") as f:
             json.dump(self.config_dict(), f, indent=2)
 

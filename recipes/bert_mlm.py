@@ -91,18 +91,26 @@ class BertMaskedLMRecipe(Recipe):
             jit_compile=jit_compile,
         )
 
+    def make_preprocessor(self, tokenizer):
+        from zoo.data.preprocessing import MaskedLMPreprocessor
+
+        c = self.config
+        return MaskedLMPreprocessor(
+            tokenizer, c.sequence_length, mask_selection_rate=c.mask_selection_rate, mask_token_rate=c.mask_token_rate,
+            random_token_rate=c.random_token_rate, max_predictions=c.max_predictions or None,
+            embedding_sequence_length=pretrained.embedding_sequence_length(self._pretrained),
+        )
+
     def datasets(self, source=None, batch_size=None, splits=("train", "validation"), repeat=False):
         from zoo.data import corpora, pipelines
 
         c = self.config
         source = source or c.data
-        tokenizer = self.get_tokenizer(source)
+        self.get_tokenizer(source)
         return tuple(
             pipelines.masked_lm_dataset(
-                self._limit(corpora.text_documents(source, split)), tokenizer, c.sequence_length,
-                batch_size or c.batch_size, mask_selection_rate=c.mask_selection_rate,
-                mask_token_rate=c.mask_token_rate, random_token_rate=c.random_token_rate,
-                max_predictions=c.max_predictions or None, shuffle=split == "train", seed=c.seed, repeat=repeat,
+                self._limit(corpora.text_documents(source, split)), self.preprocessor, batch_size or c.batch_size,
+                shuffle=split == "train", seed=c.seed, repeat=repeat,
             )
             for split in splits
         )

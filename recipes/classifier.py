@@ -63,6 +63,7 @@ class ClassifierRecipe(Recipe):
         super().__init__(config)
         self.label_names = None
         self._pretrained_encoder = None
+        self._pretrained = None
         if config.init_from:
             self._load_pretrained(config.init_from)
 
@@ -71,7 +72,16 @@ class ClassifierRecipe(Recipe):
         BERT's shape comes from the checkpoint; a zoo checkpoint's must match the config's."""
         loaded = load_pretrained(path, self.config, self.name)
         self._pretrained_encoder = loaded.encoder
+        self._pretrained = loaded
         self.tokenizer = loaded.tokenizer
+
+    def make_preprocessor(self, tokenizer):
+        from zoo.data.preprocessing import EncoderPreprocessor
+
+        return EncoderPreprocessor(
+            tokenizer, self.config.sequence_length,
+            embedding_sequence_length=pretrained.embedding_sequence_length(self._pretrained),
+        )
 
     def tokenizer_training_texts(self, source):
         from zoo.data import corpora
@@ -137,7 +147,7 @@ class ClassifierRecipe(Recipe):
         from zoo.data import pipelines
 
         source = source or self.config.data
-        tokenizer = self.get_tokenizer(source)
+        self.get_tokenizer(source)
         results = []
         for split in splits:
             examples = self.examples(source, split)
@@ -150,7 +160,7 @@ class ClassifierRecipe(Recipe):
                 texts, labels = texts[: self.config.max_documents], labels[: self.config.max_documents]
             results.append(
                 pipelines.classification_dataset(
-                    texts, labels, tokenizer, self.config.sequence_length, batch_size or self.config.batch_size,
+                    texts, labels, self.preprocessor, batch_size or self.config.batch_size,
                     shuffle=split == "train", seed=self.config.seed, repeat=repeat,
                 )
             )

@@ -79,18 +79,44 @@ class GPTCausalLMRecipe(Recipe):
             jit_compile=jit_compile,
         )
 
+    def make_preprocessor(self, tokenizer):
+        from zoo.data.preprocessing import CausalLMPreprocessor
+
+        return CausalLMPreprocessor(tokenizer, self.config.sequence_length)
+
     def datasets(self, source=None, batch_size=None, splits=("train", "validation"), repeat=False):
         from zoo.data import corpora, pipelines
 
         source = source or self.config.data
-        tokenizer = self.get_tokenizer(source)
+        self.get_tokenizer(source)
         return tuple(
             pipelines.causal_lm_dataset(
-                self._limit(corpora.text_documents(source, split)), tokenizer, self.config.sequence_length,
+                self._limit(corpora.text_documents(source, split)), self.preprocessor,
                 batch_size or self.config.batch_size, shuffle=split == "train", seed=self.config.seed, repeat=repeat,
             )
             for split in splits
         )
+
+    def tokens_per_byte(self, source=None, split="validation"):
+        """Tokens per UTF-8 byte of a split as `datasets()` streams it: what turns this model's
+        per-token loss into bits per byte, a figure that compares across tokenizers
+        (`zoo.evaluation.bits_per_byte`; `zoo evaluate` and the trainer's `val_bits_per_byte`).
+
+        Tokens: every token of every document of the split (`max_documents` applied, as in
+        `datasets()`) plus its one end token `[SEP]`, made by the preprocessor's `document_ids`
+        (the pipeline's own call); bytes: the sum of those documents' UTF-8 lengths. See
+        `zoo.data.pipelines.count_tokens_and_bytes`: the pipeline drops its last partial block,
+        the count does not, so this is the split's average. (`bert-mlm` has no such method: a
+        masked LM predicts 15% of the tokens from both sides, so its loss is no code length of
+        the text and bits per byte are not defined the same way.)
+        """
+        from zoo.data import corpora, pipelines
+
+        source = source or self.config.data
+        self.get_tokenizer(source)
+        documents = self._limit(corpora.text_documents(source, split))
+        tokens, num_bytes = pipelines.count_tokens_and_bytes(documents, self.preprocessor.document_ids)
+        return tokens / num_bytes
 
     def generate_text(self, model, prompts, max_new_tokens=None, **sampling):
         """Continues each text prompt; returns the new text of each.
@@ -98,11 +124,9 @@ class GPTCausalLMRecipe(Recipe):
         Prompts start after an end-of-document token, as documents do in training; generation
         stops at the next one. `sampling`: temperature, top_k, top_p, seed (see CausalLM.generate).
         """
-        tokenizer = self.tokenizer
-        if tokenizer is None:
-            raise ValueError("No tokenizer yet: call datasets() first, or load one with the checkpoint.")
-        end_id = tokenizer.token_to_id("[SEP]")
-        prompt_ids = [[end_id] + list(keras.ops.convert_to_numpy(tokenizer(p))) for p in prompts]
+        preprocessor = self.preprocessor
+        end_id = preprocessor.sep_id
+        prompt_ids = preprocessor.prompt_ids(list(prompts)).to_list() if prompts else []
         new_ids = model.generate(
             prompt_ids, max_new_tokens=max_new_tokens or self.default_new_tokens, end_token_id=end_id, **sampling
         )
@@ -122,7 +146,7 @@ class GPTCausalLMRecipe(Recipe):
     def detokenize(self, ids):
         if not ids:
             return ""
-        text = self.tokenizer.detokenize(keras.ops.convert_to_tensor(ids, "int32"))
+        text = self.preprocessor.detokenize(keras.ops.convert_to_tensor(ids, "int32"))
         if not isinstance(text, (str, bytes)):  # a tensor, depending on keras-hub's output mode
             text = keras.ops.convert_to_numpy(text).item()
         return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text

@@ -9,6 +9,7 @@ import dataclasses
 
 import keras
 
+from recipes import pretrained
 from recipes.classifier import PRESETS as CLASSIFIER_PRESETS
 from recipes.classifier import ClassifierConfig, ClassifierRecipe
 from recipes.registry import register
@@ -88,46 +89,37 @@ class MultitaskRecipe(ClassifierRecipe):
             jit_compile=jit_compile,
         )
 
+    def make_preprocessor(self, tokenizer):
+        from zoo.data.preprocessing import MaskedLMPreprocessor
+
+        c = self.config
+        return MaskedLMPreprocessor(
+            tokenizer, c.sequence_length, mask_selection_rate=c.mask_selection_rate, mask_token_rate=c.mask_token_rate,
+            random_token_rate=c.random_token_rate, max_predictions=c.max_predictions or None,
+            embedding_sequence_length=pretrained.embedding_sequence_length(self._pretrained),
+        )
+
     def datasets(self, source=None, batch_size=None, splits=("train", "validation"), repeat=False):
         """Batches of `(x, y, sample_weight)`: x = {"token_ids" (masked), "padding_mask",
         "mask_positions"[, "clean_token_ids"]}, y = {"mlm": ids at the masked positions,
-        "classification": labels}, sample_weight = {"mlm": mask weights, "classification": 1s}."""
-        classification = super().datasets(source, batch_size, splits, repeat)
-        return tuple(self._add_masking(dataset) for dataset in classification)
-
-    def _add_masking(self, dataset):
-        # tf.data work; it would sit in zoo/data/pipelines.py as `multitask_dataset` if shared.
-        import math
-
-        import keras_hub
+        "classification": labels}, sample_weight = {"mlm": mask weights, "classification": 1s}.
+        The labelled texts are packed as the classifier's, then masked by the same preprocessor."""
         import tensorflow as tf
 
-        c = self.config
-        tokenizer = self.tokenizer
-        max_predictions = c.max_predictions or max(1, math.ceil(c.mask_selection_rate * (c.sequence_length - 2)))
-        pad_id, cls_id, sep_id, mask_id = (tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
-        masker = keras_hub.layers.MaskedLMMaskGenerator(
-            vocabulary_size=tokenizer.vocabulary_size(), mask_selection_rate=c.mask_selection_rate,
-            mask_token_id=mask_id, mask_selection_length=max_predictions,
-            unselectable_token_ids=[pad_id, cls_id, sep_id, mask_id],
-            mask_token_rate=c.mask_token_rate, random_token_rate=c.random_token_rate,
-        )
-        clean_input = c.classification_input == "clean"
+        classification = super().datasets(source, batch_size, splits, repeat)
+        preprocessor = self.preprocessor
+        clean_input = self.config.classification_input == "clean"
 
         def mask(x, label):
-            masked = masker(x["token_ids"])
-            inputs = {
-                "token_ids": tf.cast(masked["token_ids"], tf.int32),
-                "padding_mask": x["padding_mask"],
-                "mask_positions": tf.cast(masked["mask_positions"], tf.int32),
-            }
+            inputs, mlm_ids, mlm_weights = preprocessor.mask(x["token_ids"], x["padding_mask"])
             if clean_input:
                 inputs["clean_token_ids"] = x["token_ids"]
-            targets = {"mlm": tf.cast(masked["mask_ids"], tf.int32), "classification": label}
-            weights = {"mlm": tf.cast(masked["mask_weights"], tf.float32), "classification": tf.ones_like(label, tf.float32)}
+            targets = {"mlm": mlm_ids, "classification": label}
+            weights = {"mlm": mlm_weights, "classification": tf.ones_like(label, tf.float32)}
             return inputs, targets, weights
 
-        return dataset.map(mask, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return tuple(dataset.map(mask, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+                     for dataset in classification)
 
     def export(self, model, path, **options):
         """Exports the classification side (encoder + classification head) as a `classifier` SavedModel."""
@@ -145,6 +137,7 @@ class _ClassifierView:
 
     def __init__(self, recipe):
         self.tokenizer = recipe.tokenizer
+        self.preprocessor = recipe.preprocessor
         self.label_names = recipe.label_names
         self.config = recipe.config
         self._recipe = recipe

@@ -106,6 +106,16 @@ def _load_zoo_checkpoint(source, config, recipe_name, masked_lm_head):
     return Pretrained(encoder, head, tokenizer, checkpoint_config)
 
 
+def embedding_sequence_length(loaded):
+    """How many tokens the `embed` signature keeps for a model started from `loaded` (a
+    `Pretrained`, or None): a sentence-transformers checkpoint's `max_seq_length` (what
+    sentence-transformers truncates to; 256 for all-MiniLM-L6-v2), capped at the encoder's
+    positions; None (the recipe's `sequence_length`) for anything else."""
+    if loaded is None or not isinstance(loaded.info, dict) or not loaded.info.get("max_seq_length"):
+        return None
+    return min(int(loaded.info["max_seq_length"]), int(loaded.encoder.sequence_length))
+
+
 def check_sequence_length(sequence_length, encoder, source):
     """A clear error when the recipe's sequences are longer than the checkpoint has positions for."""
     if sequence_length > encoder.sequence_length:

@@ -5,13 +5,16 @@ the *global* step (`optimizer.iterations`, so a resumed run continues the same x
 learning rate of a schedule, tokens/examples per second, the run's hyperparameters for the
 HParams dashboard, and text samples from the model. `StopOnNaN` is `keras.callbacks.TerminateOnNaN`
 with a message that says where training diverged and which checkpoint is still good.
+`ValidationBitsPerByte` adds a causal LM's `val_bits_per_byte` to the epoch logs the callbacks after it read.
 
 Event layout (the same as Keras' TensorBoard callback, so both can share a `log_dir`):
 
     <log_dir>/             hparams session (the HParams dashboard's "run"), best_<metric>
-    <log_dir>/train/       loss, <metrics>, learning_rate, tokens_per_sec, examples_per_sec
-                           every `log_every` steps; epoch_<name> at epoch ends; samples (text)
-    <log_dir>/validation/  loss, <metrics> at epoch ends (the `val_` prefix dropped)
+    <log_dir>/train/       loss (the mean over the steps since the previous write), <metrics>,
+                           learning_rate, tokens_per_sec, examples_per_sec every `log_every`
+                           steps; epoch_<name> at epoch ends; samples (text); warnings (text)
+    <log_dir>/validation/  loss, <metrics> at epoch ends (the `val_` prefix dropped), and
+                           bits_per_byte when a `ValidationBitsPerByte` comes first
 """
 
 import logging
@@ -46,6 +49,24 @@ def _is_number(value):
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
 
+def _is_loss(name):
+    """A batch-log key that Keras fills from a loss tracker (a `keras.metrics.Mean` of batch losses)."""
+    return name == "loss" or name.endswith("_loss")
+
+
+def learning_rate_schedule_config(optimizer):
+    """The config dict of the optimizer's learning-rate schedule (e.g. `total_steps`,
+    `warmup_steps`), or {} for a constant rate. Public API only: the optimizer's `get_config()`
+    serializes its schedule; a `LossScaleOptimizer` is looked through to its `inner_optimizer`."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    try:
+        learning_rate = optimizer.get_config().get("learning_rate")
+    except Exception:  # a custom optimizer without a serializable config: no schedule info
+        return {}
+    config = learning_rate.get("config") if isinstance(learning_rate, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
 def _code_block(text):
     """`text` as a fenced Markdown code block, so TensorBoard's Text dashboard keeps it verbatim."""
     longest_run, run = 0, 0
@@ -60,10 +81,38 @@ class TensorBoardSummaries(keras.callbacks.Callback):
     """TensorBoard scalars, hyperparameters and text samples, all on the global step.
 
     Every `log_every` optimizer steps the train writer gets each numeric value of the batch logs
-    under its own name (`loss`, `accuracy`: Keras' running means over the epoch so far), plus
-    `learning_rate` and, when the batch sizes are given, `tokens_per_sec` and `examples_per_sec`.
-    The step is `model.optimizer.iterations` after the update, so the first write of a fresh run is
-    at step `log_every` and a run resumed from a backup continues where it stopped.
+    under its own name, plus `learning_rate` and, when the batch sizes are given, `tokens_per_sec`
+    and `examples_per_sec`. The step is `model.optimizer.iterations` after the update, so the first
+    write of a fresh run is at step `log_every` and a run resumed from a backup continues where it
+    stopped.
+
+    The losses (`loss` and every `<name>_loss` key, e.g. a multi-output model's per-output losses)
+    are *interval* means: the mean of the per-batch losses of the batches trained since the
+    previous write (normally the last `log_every` steps; for the first write of a `fit` call, the
+    batches since that call began), not Keras' running mean since the epoch began, which jumps at
+    every epoch start and hides recent progress late in an epoch. They are recovered exactly from
+    the running means: if `m_k` is the running mean after the k-th batch since Keras last reset
+    its metrics (the start of each epoch of a `fit` call, so also the mid-epoch start of a resumed
+    run), batches j+1..k sum to `k*m_k - j*m_j`; an interval that spans an epoch end adds the old
+    epoch's tail (up to its last batch) to the new epoch's head. Keras weights each batch's loss by
+    its number of examples, so this is the example-weighted mean, equal to the plain mean of the
+    batch losses whenever the batches have one size (the trainer's training streams drop the
+    remainder). Rounding: the running means are float32, so the error grows with the batch index
+    (about 1e-7 x k/(k-j) of the loss, 1e-4 relative at k = 10000, j = k - 10).
+
+    The other metrics (`accuracy`, `mae`, `perplexity`, macro F1, ...) are written as Keras
+    reports them: the running value over the epoch so far. They are not converted because most are
+    not means of per-batch values (perplexity is the exponential of a token mean, macro F1 comes from
+    the epoch's confusion matrix) and the means among them are weighted by a per-batch count the logs
+    do not carry (a masked LM's accuracy counts the masked tokens of each batch), so the same
+    subtraction would be wrong. Their epoch-level value is exact (`epoch_<name>`, below).
+
+    The schedule's real length: when the optimizer's learning-rate schedule has `total_steps`
+    (and `warmup_steps`) in its config (`zoo.optimization.WarmupDecay`), those values replace the
+    hparams' `total_steps` / `warmup_steps`, which may hold a recipe's config default while the
+    trainer built the schedule from epochs x steps per epoch. When `warmup_steps >= total_steps`
+    the learning rate never reaches its peak: one line on stderr at the start of training, a
+    `warnings` text summary in the train writer, and the hparam `schedule_warning` say so.
 
     `learning_rate` is `optimizer.learning_rate` read after the update, i.e. the schedule at the
     current `iterations` (the rate of the next update), the same convention as
@@ -160,6 +209,14 @@ class TensorBoardSummaries(keras.callbacks.Callback):
         self._last_logged_step = None
         self._clock = None  # (perf_counter, global step) the next throughput is measured from
         self._first_batch_done = False
+        # Interval losses (see the class docstring): the batch count within the epoch and the
+        # running means at the previous write, the latest batch's, and the sums carried over
+        # from epochs that ended since the previous write ({key: (sum, batches)}, up to a step).
+        self._mark = (0, {})
+        self._latest = None
+        self._carry = {}
+        self._carry_step = None
+        self._schedule_checked = False
 
     # -- writers ------------------------------------------------------------------------------
 
@@ -185,14 +242,60 @@ class TensorBoardSummaries(keras.callbacks.Callback):
         self._last_logged_step = step
         self._clock = None
         self._first_batch_done = False
+        self._mark, self._latest = (0, {}), None
+        if self._carry_step != step:  # not the continuation of this instance's previous fit
+            self._carry, self._carry_step = {}, None
+        warning = self._check_schedule(step)
         if self.hparams and not self._hparams_written:
+            if warning:
+                self.hparams["schedule_warning"] = warning
             with self._writer("session").as_default(step=step):
                 hp.hparams(self.hparams)
             self._hparams_written = True
 
+    def _check_schedule(self, step):
+        """Puts the schedule's real `total_steps`/`warmup_steps` into the hparams; warns once when
+        the warmup does not end before the schedule does. Returns the warning, or None."""
+        if self._schedule_checked:
+            return None
+        self._schedule_checked = True
+        schedule = learning_rate_schedule_config(self.model.optimizer)
+        total, warmup = schedule.get("total_steps"), schedule.get("warmup_steps")
+        if self.hparams is not None:
+            for name, value in (("total_steps", total), ("warmup_steps", warmup)):
+                if _is_number(value):
+                    self.hparams[name] = value
+        if not (_is_number(total) and _is_number(warmup) and warmup >= total):
+            return None
+        warning = (f"warmup_steps={warmup:g} >= the schedule's total_steps={total:g}: the learning rate never "
+                   "reaches its peak; lower warmup_steps (or train longer).")
+        print(f"Warning: {warning}", file=sys.stderr)
+        with self._writer("train").as_default(step=step):
+            tf.summary.text("warnings", tf.constant(warning))
+        return warning
+
     def on_epoch_begin(self, epoch, logs=None):
+        self._fold_epoch_tail()
         if self._first_batch_done:
             self._clock = (time.perf_counter(), global_step(self.model))
+
+    def _fold_epoch_tail(self):
+        """Carries the losses of an ended epoch's batches since the previous write into the next
+        write (Keras resets its running means at every epoch start)."""
+        if self._latest is not None:
+            (j, marked), (k, means) = self._mark, self._latest
+            for name, mean in means.items():
+                total, count = self._carry.get(name, (0.0, 0))
+                self._carry[name] = (total + k * mean - j * marked.get(name, 0.0), count + k - j)
+            self._carry_step = global_step(self.model)
+        self._mark, self._latest = (0, {}), None
+
+    def _interval_losses(self, batch, logs):
+        """Records this batch's running-mean losses; the interval means when a write is due."""
+        k = batch + 1  # batches since Keras reset its metrics (the `batch` index counts from the epoch start)
+        means = {name: float(value) for name, value in logs.items() if _is_loss(name) and _is_number(value)}
+        self._latest = (k, means)
+        return k, means
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs if logs is not None else {}
@@ -202,12 +305,19 @@ class TensorBoardSummaries(keras.callbacks.Callback):
             # The first batch of a `fit` call includes tracing and compilation: start the clock after it.
             self._first_batch_done = True
             self._clock = (now, step)
+        k, means = self._interval_losses(batch, logs)
         # `//` instead of `%`: with steps_per_execution > 1 the step moves in jumps.
         if step // self.log_every == self._last_logged_step // self.log_every:
             return
         self._last_logged_step = step
 
         values = {name: value for name, value in logs.items() if _is_number(value)}
+        j, marked = self._mark
+        for name, mean in means.items():
+            total, count = self._carry.get(name, (0.0, 0))
+            total, count = total + k * mean - j * marked.get(name, 0.0), count + k - j
+            values[name] = total / count if count else mean
+        self._mark, self._carry, self._carry_step = (k, means), {}, None
         values["learning_rate"] = current_learning_rate(self.model.optimizer)
         start_time, start_step = self._clock
         if step > start_step and now > start_time:
@@ -220,6 +330,7 @@ class TensorBoardSummaries(keras.callbacks.Callback):
         self._clock = (time.perf_counter(), step)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._fold_epoch_tail()
         logs = logs or {}
         step = global_step(self.model)
         train, validation = {}, {}
@@ -270,6 +381,34 @@ class TensorBoardSummaries(keras.callbacks.Callback):
             return
         with self._writer("train").as_default(step=step):
             tf.summary.text("samples", tf.constant([_code_block(s) for s in samples]))
+
+
+class ValidationBitsPerByte(keras.callbacks.Callback):
+    """Adds `val_bits_per_byte` to a causal LM's epoch logs: `val_loss / ln 2 x tokens_per_byte`.
+
+    `tokens_per_byte` is the validation split's ratio, computed once before training
+    (`recipes.gpt_clm.GPTCausalLMRecipe.tokens_per_byte`; see `zoo.evaluation.bits_per_byte` for
+    the definition and its approximations). The value is written into the `logs` dict itself,
+    which Keras' `CallbackList` hands, the same dict, to every callback in list order, then to
+    its `History` and progress bar (appended last): put this callback first and the console line,
+    `History`, `TensorBoardSummaries` (`validation/bits_per_byte`) and checkpoint metrics all see
+    it. It adds a key and changes no other: `val_loss`, which picks the best checkpoint, stays as
+    it was (bits per byte are val_loss times a constant, so they would pick the same epoch).
+    Epochs without a finite `val_loss` get no value.
+    """
+
+    def __init__(self, tokens_per_byte):
+        super().__init__()
+        if not (_is_number(tokens_per_byte) and math.isfinite(tokens_per_byte) and tokens_per_byte > 0):
+            raise ValueError(f"tokens_per_byte must be a finite number > 0, got {tokens_per_byte!r}.")
+        self.tokens_per_byte = float(tokens_per_byte)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from zoo.evaluation import bits_per_byte
+
+        loss = (logs or {}).get("val_loss")
+        if logs is not None and _is_number(loss) and math.isfinite(loss):
+            logs["val_bits_per_byte"] = bits_per_byte(loss, self.tokens_per_byte)
 
 
 def non_finite_variables(model):

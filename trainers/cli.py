@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -20,12 +21,24 @@ class UsageError(Exception):
 # -- config overrides ------------------------------------------------------------------------
 
 
+def _field_types(recipe):
+    """{field: type} of a recipe's config: `recipe` is a recipe class, or a name (looked up in
+    the catalog, without importing TensorFlow)."""
+    if isinstance(recipe, str):
+        from trainers.catalog import field_types
+
+        return field_types(recipe)
+    return {f.name: f.type for f in dataclasses.fields(recipe.config_class)}
+
+
 def _coerce(recipe_class, key, value, raw):
-    """`value` converted to the type of config field `key` (validated by the registry)."""
-    fields = {f.name: f for f in dataclasses.fields(recipe_class.config_class)}
+    """`value` converted to the type of config field `key` (validated by the registry).
+
+    `recipe_class`: a recipe class, or a recipe's name (its fields then come from the catalog)."""
+    fields = _field_types(recipe_class)
     if key not in fields:
         return value  # the registry reports unknown keys with the list of valid ones
-    expected = fields[key].type
+    expected = fields[key]
     if expected is str:
         return raw if isinstance(raw, str) else str(value)
     if expected is bool and isinstance(value, bool):
@@ -75,15 +88,60 @@ def parse_overrides(recipe_class, config_file=None, assignments=()):
 
 
 def _cmd_list(args):
-    import recipes
+    from trainers.catalog import CATALOG, preset_summary
 
-    for name in recipes.list():
-        recipe_class = recipes.get_class(name)
-        presets = ", ".join(sorted(recipe_class.presets))
-        print(f"{name:<12} presets: {presets} (default {recipe_class.default_preset})")
-        if recipe_class.__doc__:
-            print(f"{'':<12} {recipe_class.__doc__.split(chr(10))[0]}")
+    for name, entry in sorted(CATALOG.items()):
+        presets = ", ".join(sorted(entry["presets"]))
+        print(f"{name:<12} presets: {presets} (default {entry['default_preset']})")
+        if entry["summary"]:
+            print(f"{'':<12} {entry['summary']}")
+        if args.verbose:
+            for preset in sorted(entry["presets"]):
+                print(f"{'':<14}{preset:<7} {preset_summary(name, preset)}")
     return 0
+
+
+def _recipes_epilog():
+    """`zoo train --help`'s list of recipes and presets (from the catalog: no TensorFlow)."""
+    from trainers.catalog import CATALOG
+
+    lines = ["recipes and presets (zoo list --verbose: their shapes and sizes):"]
+    for name, entry in sorted(CATALOG.items()):
+        presets = ", ".join(f"{p}*" if p == entry["default_preset"] else p for p in sorted(entry["presets"]))
+        lines.append(f"  {name:<12} {presets}")
+    lines.append("  (* the default preset)")
+    return "\n".join(lines)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that texts with line breaks (the recipe list) keep them."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(True))
+        return super()._fill_text(text, width, indent)
+
+
+def _check_before_tensorflow(args):
+    """Checks what can be checked without TensorFlow (recipe, preset, config keys and their
+    types, --config files): a typo is reported in a fraction of a second, not after the 7-19 s
+    TensorFlow import. Raises UsageError or KeyError, with the registry's messages."""
+    from trainers import catalog
+
+    if args.command not in ("train", "sweep", "learning-curve"):
+        return
+    catalog.check_recipe(args.recipe)
+    overrides = _recipe_overrides(args, args.recipe)
+    preset = catalog.check_preset(args.recipe, overrides.pop("preset", None) or args.preset)
+    keys = set(overrides)
+    if args.command == "learning-curve":
+        keys |= set(parse_overrides(args.recipe, None, args.pretrained_set or ()))
+    for axis in (args.grid or ()) if args.command == "sweep" else ():
+        names, sep, _ = axis.partition("=")
+        if sep:
+            keys |= {key.strip() for key in names.split(":") if key.strip()}
+    catalog.check_keys(args.recipe, keys)
+    return preset
 
 
 def _print_metrics(metrics):
@@ -100,13 +158,31 @@ def _train_options(args):
         epochs=1 if args.steps else (args.epochs or 1),
         steps_per_epoch=args.steps or 0,
         strategy=args.strategy,
-        jit_compile=not args.no_xla,
+        jit_compile=_resolve_xla(args.xla),
         mixed_precision=args.mixed_precision or "",
         log_every=args.log_every,
         backup_every=args.backup_every,
         write_graph=args.tensorboard_graph,
         verbose=args.verbose,
     )
+
+
+def _resolve_xla(mode):
+    """--xla auto|on|off as a bool, printed (stderr): auto is on when a GPU or TPU is visible,
+    off on a CPU-only machine (where training without XLA is 1.2-1.35x faster)."""
+    from trainers.quiet import filtered_native_stderr
+
+    if mode == "auto":
+        import tensorflow as tf
+
+        with filtered_native_stderr():
+            accelerators = [kind for kind in ("GPU", "TPU") if tf.config.list_logical_devices(kind)]
+        enabled = bool(accelerators)
+        reason = f"auto: {accelerators[0]} visible" if enabled else "auto: CPU only; --xla on to force it"
+    else:
+        enabled, reason = mode == "on", f"--xla {mode}"
+    print(f"XLA: {'on' if enabled else 'off'} ({reason})", file=sys.stderr)
+    return enabled
 
 
 def _recipe_overrides(args, recipe_class):
@@ -131,10 +207,11 @@ def _cmd_train(args):
     preset = overrides.pop("preset", None) or args.preset
     recipe = recipes.get(args.recipe, preset=preset, **overrides)
     run_dir = args.run_dir or os.path.join("runs", f"{args.recipe}-{recipe.config.preset}")
-    options = _train_options(args)
-    # The strategy comes first: a multi-worker strategy must exist before any other TF op.
+    # The strategy comes first: a multi-worker strategy must exist before any other TF op
+    # (the options' --xla auto looks at the devices).
     with filtered_native_stderr():
         strategy = get_strategy(args.strategy)
+    options = _train_options(args)
     result = Trainer(recipe, run_dir, options=options, strategy=strategy).train()
     final = {k: v[-1] for k, v in result.history.items()}
     if final:
@@ -159,17 +236,24 @@ def _cmd_evaluate(args):
 
         tf.config.list_physical_devices()
     data = args.data or []
+    # Keras warns "Your input ran out of data; interrupting training" at the end of every
+    # evaluation of a dataset of unknown length: reaching its end is what evaluation is for.
+    warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+    # Evaluation prints nothing to stderr itself; the filter drops what TensorFlow's C++ logs
+    # while it runs the model ("oneDNN supports DT_INT64 only on platforms with AVX-512").
     if len(data) <= 1 and args.shifts is None and not args.report_dir:
-        metrics = evaluate_run(args.run_dir, data=data[0] if data else None, split=args.split, steps=args.steps)
+        with filtered_native_stderr():
+            metrics = evaluate_run(args.run_dir, data=data[0] if data else None, split=args.split, steps=args.steps)
         _print_metrics(metrics)
         return 0
     from trainers.reports import evaluation_report
     from zoo.evaluation import markdown_report, write_report
 
-    report = evaluation_report(
-        args.run_dir, data, split=args.split, shifts=args.shifts, steps=args.steps, seed=args.seed,
-        max_examples=args.max_examples, loaded=load_run(args.run_dir),
-    )
+    with filtered_native_stderr():
+        report = evaluation_report(
+            args.run_dir, data, split=args.split, shifts=args.shifts, steps=args.steps, seed=args.seed,
+            max_examples=args.max_examples, loaded=load_run(args.run_dir),
+        )
     if "model_metrics" in report:
         _print_metrics(report["model_metrics"])
         print()
@@ -195,9 +279,9 @@ def _cmd_sweep(args):
     overrides = _recipe_overrides(args, recipe_class)
     preset = overrides.pop("preset", None) or args.preset
     recipes.get(args.recipe, preset=preset, **overrides)  # bad overrides fail before any training
-    options = _train_options(args)
-    with filtered_native_stderr():
+    with filtered_native_stderr():  # before the options: --xla auto looks at the devices
         strategy = get_strategy(args.strategy)
+    options = _train_options(args)
     out = args.out or os.path.join("runs", f"sweep-{args.recipe}")
     print(f"Sweep of {args.recipe}: {len(points)} runs under {out}/runs/")
     rows, paths = run_sweep(
@@ -228,7 +312,7 @@ def _cmd_learning_curve(args):
     out = args.out or os.path.join("runs", f"learning-curve-{args.recipe}")
     rows, paths = run_learning_curve(
         recipe, out, parse_shots(args.shots), pretrained=args.pretrained, steps=args.steps,
-        max_eval_examples=args.max_examples, jit_compile=not args.no_xla, pretrained_overrides=pretrained_overrides,
+        max_eval_examples=args.max_examples, jit_compile=_resolve_xla(args.xla), pretrained_overrides=pretrained_overrides,
     )
     print(markdown_report(rows))
     print(f"Learning curve: {paths['markdown']}, {paths['png']}; TensorBoard: tensorboard --logdir {paths['tensorboard']}")
@@ -348,7 +432,12 @@ def _add_training_arguments(parser):
         "--shots-per-class", type=int, metavar="K",
         help="classification recipes: train on K examples per class (a deterministic sample; 0: all)",
     )
-    parser.add_argument("--no-xla", action="store_true", help="turn XLA compilation off")
+    parser.add_argument(
+        "--xla", choices=["auto", "on", "off"], default="auto",
+        help="XLA compilation (default auto: on when a GPU or TPU is visible, off on a CPU-only machine, "
+        "where training without it is faster)",
+    )
+    parser.add_argument("--no-xla", dest="xla", action="store_const", const="off", help="the same as --xla off")
     parser.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"], help="mixed precision policy")
     parser.add_argument("--log-every", type=_count(1), default=10, help="TensorBoard scalars every N steps (default 10)")
     parser.add_argument("--backup-every", type=_count(0), default=50,
@@ -358,17 +447,23 @@ def _add_training_arguments(parser):
 
 
 def build_parser():
+    from zoo import __version__
+
     parser = argparse.ArgumentParser(prog="zoo", description="Train, evaluate and export transformer recipes.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
     listing = commands.add_parser("list", help="list the registered recipes and their presets")
+    listing.add_argument("--verbose", "-v", action="store_true",
+                         help="also each preset's shape and parameter count (by formula: nothing is built)")
     listing.set_defaults(handler=_cmd_list)
 
     train = commands.add_parser(
         "train", help="train a recipe (re-running the same command resumes it)",
         description="Train a recipe into a run directory. Re-running the same command after a crash "
         "resumes from the last step backup.",
+        epilog=_recipes_epilog(), formatter_class=_HelpFormatter,
     )
     train.add_argument("recipe", help="a registered recipe (see `zoo list`)")
     train.add_argument("--run-dir", help="run directory (default: runs/<recipe>-<preset>)")
@@ -380,7 +475,8 @@ def build_parser():
         description="Evaluate a run's best (else last) checkpoint. With one source: the recipe's metrics as JSON "
         "and a table. With several --data (the first is the in-domain reference), --shifts or --report-dir: a "
         "report per set with the gap to the reference (classifiers: per-class precision/recall/F1 and a "
-        "confusion matrix; language models: perplexity), written as markdown, JSON, PNG and TensorBoard.",
+        "confusion matrix; language models: perplexity, and for gpt-clm bits per byte, which compare across "
+        "tokenizers), written as markdown, JSON, PNG and TensorBoard.",
     )
     evaluate.add_argument("run_dir", help="a run directory (or checkpoint directory)")
     evaluate.add_argument(
@@ -406,6 +502,7 @@ def build_parser():
         "sweep.md, sweep.csv, sweep.json and sweep.png into --out. `zoo sweep multitask` defaults to loss "
         "weights from MLM-only to classification-only (MLM perplexity vs classification accuracy); `zoo sweep "
         "distill --set teacher=RUN` to alpha 1 (student alone), 0.5, 0.1.",
+        epilog=_recipes_epilog(), formatter_class=_HelpFormatter,
     )
     sweep.add_argument("recipe", help="a registered recipe (see `zoo list`)")
     sweep.add_argument(
@@ -437,7 +534,12 @@ def build_parser():
     curve.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
     curve.add_argument("--max-examples", type=int, default=0, help="score on at most N test examples (0: all)")
     curve.add_argument("--out", help="output directory (default: runs/learning-curve-<recipe>)")
-    curve.add_argument("--no-xla", action="store_true", help="turn XLA compilation off")
+    curve.add_argument(
+        "--xla", choices=["auto", "on", "off"], default="auto",
+        help="XLA compilation (default auto: on when a GPU or TPU is visible, off on a CPU-only machine, "
+        "where training without it is faster)",
+    )
+    curve.add_argument("--no-xla", dest="xla", action="store_const", const="off", help="the same as --xla off")
     curve.set_defaults(handler=_cmd_learning_curve, init_from=None, shots_per_class=None)
 
     export = commands.add_parser("export", help="export a run as a SavedModel with raw-text signatures")
@@ -491,9 +593,20 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        _check_before_tensorflow(args)  # a typo is reported before the 7-19 s TensorFlow import
+    except (UsageError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"zoo {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "list":
+        return args.handler(args)
     from trainers.quiet import import_tensorflow
 
-    import_tensorflow(probe_devices=False)  # `train` creates its strategy before any device use
+    # `train` and `sweep` create their strategy before any device use (a multi-worker strategy
+    # must come first); every other command probes the devices now, inside the filter that
+    # drops TensorFlow's CUDA-probe noise ("failed call to cuInit").
+    import_tensorflow(probe_devices=args.command not in ("train", "sweep"))
     from trainers.errors import TrainingError
     from zoo.data.errors import DataFormatError, MissingCorpusError
 

@@ -8,7 +8,8 @@ Classifiers:
     `SHIFTS`), `shift_report(model, recipe)` does both for a recipe's test split.
 Language models:
     `evaluate_lm(model, recipe, sources)`: loss, perplexity and token accuracy per corpus, e.g.
-    the training corpus's held-out split against another corpus.
+    the training corpus's held-out split against another corpus; for a causal LM also bits per
+    byte (`bits_per_byte`), which, unlike perplexity, compares across tokenizers.
 Few-shot:
     `few_shot_examples(examples, shots_per_class, seed)` picks K training examples per class;
     `learning_curve(recipe, ...)` trains on K = 8, 32, 128 and all, from scratch and from a
@@ -25,6 +26,7 @@ supplies the tokenizer, `sequence_length`, `batch_size` and `label_names`.
 
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -58,15 +60,14 @@ def classification_model(model):
 
 
 def predict_logits(model, recipe, texts, batch_size=None):
-    """Float32 logits `[len(texts), num_classes]`, texts tokenized as the recipe's pipeline does."""
+    """Float32 logits `[len(texts), num_classes]`, texts prepared by the recipe's preprocessor."""
     from zoo.data.pipelines import classification_dataset
 
     if recipe.tokenizer is None:
         raise ValueError("recipe.tokenizer is not set: load it with the checkpoint (or call recipe.datasets()) first.")
     texts = list(texts)
     dataset = classification_dataset(
-        texts, [0] * len(texts), recipe.tokenizer, recipe.config.sequence_length,
-        batch_size or recipe.config.batch_size, shuffle=False,
+        texts, [0] * len(texts), recipe.preprocessor, batch_size or recipe.config.batch_size, shuffle=False,
     )
     return np.asarray(classification_model(model).predict(dataset.map(lambda x, y: x), verbose=0), dtype=np.float32)
 
@@ -237,12 +238,41 @@ def shift_report(model, recipe, source=None, split="test", seed=0, max_examples=
 # -- language models ---------------------------------------------------------------------------
 
 
+def bits_per_byte(loss, tokens_per_byte):
+    """Bits per byte of a causal LM: `loss / ln 2 x tokens / bytes`.
+
+    `loss` is the mean next-token cross-entropy in nats per token (Keras' `loss`, the log of the
+    perplexity); divided by ln 2 it is bits per token, and times the tokens per byte of the
+    evaluated text (`recipe.tokens_per_byte(source, split)`: every token of every document plus
+    its one end token, over the sum of the documents' UTF-8 lengths) it is bits per byte of the
+    text. A byte-level BPE and a WordPiece model of the same text have the same byte count, so
+    their bits per byte compare where their perplexities do not. With a lossless tokenizer
+    (byte-level BPE) it is the code length of the text itself, as an arithmetic coder driven by
+    the model would reach; WordPiece drops the whitespace layout and maps unknown characters to
+    `[UNK]`, so its figure codes slightly less than the whole text (it flatters WordPiece a little).
+
+    Two approximations, both small on a whole split: the loss is the mean over the tokens the
+    pipeline's packed blocks predict, which leave out the stream's last partial block (and
+    `steps` / the trainer's `validation_steps` may stop earlier), while `tokens_per_byte` is the
+    split's average; and within a block of T + 1 stream tokens the first is context only and the
+    early ones are predicted from little context. Defined for causal LMs only: a
+    masked LM's loss is over 15% of the tokens, each seen with both sides (see
+    `recipes.gpt_clm.GPTCausalLMRecipe.tokens_per_byte`).
+    """
+    return float(loss) / math.log(2) * float(tokens_per_byte)
+
+
 def evaluate_lm(model, recipe, sources, split="test", steps=0, batch_size=None):
     """Loss, perplexity and token accuracy of a language model on each source's `split`.
 
     Every source is tokenized with the recipe's tokenizer (the model's own; it must be set,
     never retrained on the new source) and batched by the recipe's pipeline. The first source
     is the reference: `perplexity_ratio` = perplexity / the first source's perplexity.
+
+    A causal LM (a recipe with `tokens_per_byte`: gpt-clm) also gets `tokens_per_byte` (of the
+    source's whole split, as its pipeline tokenizes it) and `bits_per_byte` (`bits_per_byte`:
+    loss / ln 2 x tokens per byte), which compare across tokenizers; a masked LM (bert-mlm) has
+    neither (bits per byte are not defined the same way for it).
 
     Args:
         model: a `gpt-clm` / `bert-mlm` model (compiled here by the recipe).
@@ -252,7 +282,8 @@ def evaluate_lm(model, recipe, sources, split="test", steps=0, batch_size=None):
 
     Returns:
         {"kind": "language_model", "in_domain": sources[0], "split": split,
-         "sources": {source: {loss, perplexity, accuracy, perplexity_ratio}}}.
+         "sources": {source: {loss, perplexity, accuracy, perplexity_ratio
+                              [, tokens_per_byte, bits_per_byte]}}}.
     """
     if recipe.tokenizer is None:
         raise ValueError("recipe.tokenizer is not set: evaluate with the model's own tokenizer (from its checkpoint).")
@@ -271,6 +302,10 @@ def evaluate_lm(model, recipe, sources, split="test", steps=0, batch_size=None):
             "perplexity": float(metrics.get("perplexity", np.exp(metrics["loss"]))),
             "accuracy": float(metrics.get("accuracy", float("nan"))),
         }
+        if hasattr(recipe, "tokens_per_byte"):  # causal LMs only
+            ratio = recipe.tokens_per_byte(source, split)
+            report["sources"][source]["tokens_per_byte"] = ratio
+            report["sources"][source]["bits_per_byte"] = bits_per_byte(metrics["loss"], ratio)
     reference = report["sources"][sources[0]]["perplexity"]
     for metrics in report["sources"].values():
         metrics["perplexity_ratio"] = metrics["perplexity"] / reference
@@ -412,12 +447,20 @@ def markdown_report(report):
             )
         return "\n".join(lines) + "\n"
     if report.get("kind") == "language_model":
+        bpb = all("bits_per_byte" in m for m in report["sources"].values())  # causal LMs
         lines = [
             f"Language model, split `{report['split']}` (reference: `{report['in_domain']}`)", "",
-            "| source | perplexity | x reference | loss | token accuracy |", "|---|---:|---:|---:|---:|",
+            "| source | perplexity | x reference | loss | token accuracy |" + (" bits per byte |" if bpb else ""),
+            "|---|---:|---:|---:|---:|" + ("---:|" if bpb else ""),
         ]
         for source, m in report["sources"].items():
-            lines.append(f"| {source} | {m['perplexity']:.2f} | {m['perplexity_ratio']:.2f} | {m['loss']:.4f} | {m['accuracy']:.4f} |")
+            lines.append(
+                f"| {source} | {m['perplexity']:.2f} | {m['perplexity_ratio']:.2f} | {m['loss']:.4f} | {m['accuracy']:.4f} |"
+                + (f" {m['bits_per_byte']:.4f} |" if bpb else "")
+            )
+        if bpb:
+            lines += ["", "Bits per byte: loss / ln 2 x tokens / UTF-8 bytes of the split; unlike perplexity, "
+                      "they compare across tokenizers."]
         return "\n".join(lines) + "\n"
     reference = report["in_domain"]
     lines = [
@@ -455,134 +498,128 @@ def write_markdown(report, path):
     return path
 
 
-def confusion_png_bytes(confusion, label_names, title=""):
-    """A PNG (bytes) of a confusion matrix: rows true, columns predicted, shaded by row share, counts printed."""
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def _png_bytes(figure, dpi):
+    """The figure as PNG bytes at exactly its size in inches x `dpi` pixels; closes it."""
     import io
 
-    from PIL import Image, ImageDraw, ImageFont
-
-    confusion = np.asarray(confusion, dtype=np.int64)
-    count = len(label_names)
-    cell, font = 56, ImageFont.load_default(size=14)
-    small = ImageFont.load_default(size=12)
-    label_width = max([int(font.getlength(f"{i}  {name}")) for i, name in enumerate(label_names)] + [60]) + 16
-    top = 64
-    width, height = label_width + count * cell + 16, top + count * cell + 36
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((8, 6), title or "confusion matrix", fill="black", font=font)
-    draw.text((label_width, 30), "predicted (column = class index)", fill="dimgray", font=small)
-    rows = confusion.sum(axis=1, keepdims=True)
-    shares = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
-    for j in range(count):
-        draw.text((label_width + j * cell + cell // 2 - 4, top - 18), str(j), fill="black", font=small)
-    for i, name in enumerate(label_names):
-        y = top + i * cell
-        draw.text((8, y + cell // 2 - 8), f"{i}  {name}", fill="black", font=font)
-        for j in range(count):
-            x = label_width + j * cell
-            shade = int(255 * (1.0 - shares[i, j]))
-            fill = (shade, shade, 255) if i == j else (255, shade, shade)
-            draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=fill, outline="gray")
-            text = str(int(confusion[i, j]))
-            colour = "white" if shares[i, j] > 0.6 else "black"
-            draw.text((x + (cell - font.getlength(text)) / 2, y + cell // 2 - 8), text, fill=colour, font=font)
-    draw.text((8, height - 24), "rows: true class; blue: correct, red: errors; shade = share of the row", fill="dimgray", font=small)
+    pyplot = _pyplot()
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    try:
+        figure.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    finally:
+        pyplot.close(figure)
     return buffer.getvalue()
 
 
+def confusion_png_bytes(confusion, label_names, title=""):
+    """A PNG (bytes) of a confusion matrix drawn with matplotlib: rows true, columns predicted,
+    each cell shaded by its share of the row (blue on the diagonal: correct; red off it: errors),
+    the count printed in it. The image grows with the number of classes (about 0.6 inch a class
+    at 100 dpi, at least 4.8 x 4 inches)."""
+    pyplot = _pyplot()
+    from matplotlib.colors import LinearSegmentedColormap
+
+    confusion = np.asarray(confusion, dtype=np.int64)
+    count = len(label_names)
+    if confusion.shape != (count, count):
+        raise ValueError(f"confusion has shape {confusion.shape}, expected ({count}, {count}) for {count} labels.")
+    rows = confusion.sum(axis=1, keepdims=True)
+    shares = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
+    diagonal = np.eye(count, dtype=bool)
+    label_inches = 0.075 * max([len(str(name)) for name in label_names] + [6])
+    figure, axes = pyplot.subplots(figsize=(max(4.8, 1.6 + label_inches + 0.6 * count), max(4.0, 1.8 + 0.6 * count)))
+    blues = LinearSegmentedColormap.from_list("correct", ["white", "royalblue"])
+    reds = LinearSegmentedColormap.from_list("errors", ["white", "crimson"])
+    axes.imshow(np.ma.masked_where(~diagonal, shares), cmap=blues, vmin=0, vmax=1)
+    axes.imshow(np.ma.masked_where(diagonal, shares), cmap=reds, vmin=0, vmax=1)
+    font_size = 11 if count <= 8 else 8
+    for i in range(count):
+        for j in range(count):
+            axes.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=font_size,
+                      color="white" if shares[i, j] > 0.6 else "black")
+    axes.set_xticks(range(count), [str(j) for j in range(count)])
+    axes.set_yticks(range(count), [f"{name}  {i}" for i, name in enumerate(label_names)])
+    axes.set_xticks(np.arange(count + 1) - 0.5, minor=True)
+    axes.set_yticks(np.arange(count + 1) - 0.5, minor=True)
+    axes.grid(which="minor", color="gray", linewidth=0.5)
+    axes.tick_params(which="minor", length=0)
+    axes.set_xlabel("predicted class (index)")
+    axes.set_ylabel("true class")
+    axes.set_title(title or "confusion matrix", fontsize=11)
+    figure.text(0.01, 0.01, "shade = share of the true class's row; blue: correct, red: errors", fontsize=8,
+                color="dimgray")
+    figure.tight_layout(rect=(0.03, 0.04, 1, 1))
+    return _png_bytes(figure, dpi=100)
+
+
 def line_plot_png_bytes(series, xlabel, ylabel, title="", log_x=False, size=(640, 420)):
-    """A PNG (bytes) line plot drawn with Pillow: one line per series, points labelled.
+    """A PNG (bytes) line plot drawn with matplotlib: one line per series, points labelled.
+
+    The image is `size` pixels (width, height) at 100 dpi. With several series a legend names
+    them; a single series has none (the title says what it is).
 
     Args:
-        series: {name: [(x, y, point_label), ...]} (the point label may be "" ); points are
-            joined in the order given.
+        series: {name: [(x, y, point_label), ...]} (the point label may be "" or left out);
+            points are joined in the order given.
         xlabel, ylabel, title: axis labels and title.
-        log_x: a logarithmic x axis (x must be > 0).
+        log_x: a logarithmic x axis (x must be > 0), ticks at powers of ten (and 2x, 5x of
+            them when the axis spans less than two decades), written as plain numbers.
     """
-    import io
-    import math
-
-    from PIL import Image, ImageDraw, ImageFont
-
-    font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=11)
     points = [(float(x), float(y)) for values in series.values() for x, y, *_ in values]
     if not points:
         raise ValueError("line_plot_png_bytes needs at least one point.")
     if log_x and min(x for x, _ in points) <= 0:
         raise ValueError("A logarithmic x axis needs x > 0.")
-    fx = (lambda x: math.log10(x)) if log_x else (lambda x: x)
-    xs, ys = [fx(x) for x, _ in points], [y for _, y in points]
-    x_low, x_high = min(xs), max(xs)
-    y_low, y_high = min(ys), max(ys)
-    if x_high == x_low:
-        x_low, x_high = x_low - 1, x_high + 1
-    x_pad = (x_high - x_low) * 0.06
-    x_low, x_high = x_low - x_pad, x_high + x_pad
-    margin = (y_high - y_low) * 0.08 or max(abs(y_high) * 0.05, 0.01)
-    y_low, y_high = y_low - margin, y_high + margin
-    width, height = size
-    # A legend column only when there is more than one series to tell apart.
-    left, right, top, bottom = 70, (160 if len(series) > 1 else 24), 50, 56
-    plot_w, plot_h = width - left - right, height - top - bottom
+    pyplot = _pyplot()
+    from matplotlib import ticker
 
-    def to_pixel(x, y):
-        px = left + (fx(x) - x_low) / (x_high - x_low) * plot_w
-        py = top + (1 - (y - y_low) / (y_high - y_low)) * plot_h
-        return px, py
-
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, 4), title, fill="black", font=font)
-    for i in range(5):  # y grid and tick labels
-        value = y_low + (y_high - y_low) * i / 4
-        _, py = to_pixel(10 ** x_low if log_x else x_low, value)
-        draw.line([left, py, left + plot_w, py], fill=(225, 225, 225))
-        draw.text((6, py - 7), f"{value:.3g}", fill="black", font=small)
-    if log_x:
-        # Powers of ten, and 2x and 5x of them when the axis spans less than two decades.
-        steps = (1,) if x_high - x_low >= 2 else (1, 2, 5)
-        ticks = [
-            m * 10**e for e in range(math.floor(x_low), math.ceil(x_high) + 1) for m in steps
-            if x_low <= math.log10(m * 10**e) <= x_high
-        ]
-    else:
-        ticks = [x_low + (x_high - x_low) * i / 4 for i in range(5)]
-    for tick in ticks:
-        px, _ = to_pixel(tick, y_low)
-        draw.line([px, top, px, top + plot_h], fill=(225, 225, 225))
-        draw.text((px - 10, top + plot_h + 6), f"{tick:.3g}", fill="black", font=small)
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
-    draw.text((left + plot_w / 2 - font.getlength(xlabel) / 2, height - 24), xlabel, fill="black", font=font)
-    draw.text((left, top - 17), ylabel, fill="dimgray", font=small)  # above the plot, clear of the title and ticks
-    colours = ["royalblue", "darkorange", "seagreen", "crimson", "purple", "saddlebrown"]
+    dpi = 100
+    figure, axes = pyplot.subplots(figsize=(size[0] / dpi, size[1] / dpi), layout="constrained")
+    scale = np.log10 if log_x else (lambda value: value)
+    x_low, x_high = scale(min(x for x, _ in points)), scale(max(x for x, _ in points))
     for index, (name, values) in enumerate(series.items()):
-        colour = colours[index % len(colours)]
-        pixels = [to_pixel(x, y) for x, y, *_ in values]
-        if len(pixels) > 1:
-            draw.line(pixels, fill=colour, width=2)
-        labels = [value[2] if len(value) > 2 else "" for value in values]
-        for (px, py), label in zip(pixels, labels):
-            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
-            if label:
-                label = str(label)
-                # Right of the point, or left of it where the label would leave the plot.
-                lx = px + 5 if px + 5 + small.getlength(label) <= left + plot_w else px - 5 - small.getlength(label)
-                draw.text((max(lx, left + 2), py - 16), label, fill=colour, font=small)
-        if len(series) == 1:
-            continue
-        legend_y = top + 8 + index * 20
-        draw.line([width - right + 12, legend_y + 7, width - right + 32, legend_y + 7], fill=colour, width=3)
-        draw.text((width - right + 38, legend_y), str(name), fill="black", font=font)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+        xs = [float(value[0]) for value in values]
+        ys = [float(value[1]) for value in values]
+        (line,) = axes.plot(xs, ys, marker="o", markersize=5, linewidth=2, label=str(name), color=f"C{index % 10}")
+        for number, (x, y, *rest) in enumerate(values):
+            if not (rest and str(rest[0])):
+                continue
+            # Right of the point, or left of it in the right part of the plot; alternately above
+            # and below it, so that the labels of neighbouring points do not overprint each other.
+            right_side = x_high > x_low and (scale(float(x)) - x_low) / (x_high - x_low) > 0.6
+            offset = (-5 if right_side else 5, 5 if number % 2 == 0 else -12)
+            label = axes.annotate(str(rest[0]), (float(x), float(y)), xytext=offset, textcoords="offset points",
+                                  fontsize=8, color=line.get_color(), ha="right" if right_side else "left")
+            label.set_in_layout(False)  # the layout fits the axes to the figure, not to the labels
+    if log_x:
+        axes.set_xscale("log")
+        xs = [x for x, _ in points]
+        span = np.log10(max(xs)) - np.log10(min(xs))
+        axes.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,) if span >= 2 else (1.0, 2.0, 5.0)))
+        axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+        axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.margins(x=0.08, y=0.12)
+    axes.grid(True, which="major", color="0.88")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=11)
+    if len(series) > 1:
+        axes.legend(loc="best", fontsize=9)
+    return _png_bytes(figure, dpi=dpi)
 
 
 def write_confusion_png(confusion, label_names, path, title=""):
-    """Writes `confusion_png_bytes` to `path` (Pillow, no matplotlib)."""
+    """Writes `confusion_png_bytes` (a matplotlib PNG) to `path`."""
     with open(path, "wb") as f:
         f.write(confusion_png_bytes(confusion, label_names, title))
     return path
@@ -596,7 +633,8 @@ def write_tensorboard(report, logdir, step=0):
     """Scalars (and confusion-matrix images, and the markdown table as text) for TensorBoard in `logdir`.
 
     Classification: `shift/<set>/accuracy`, `shift/<set>/accuracy_gap`, `shift/<set>/macro_f1`,
-    images `confusion/<set>`. Language model: `lm/<source>/perplexity`, `lm/<source>/loss`.
+    images `confusion/<set>`. Language model: `lm/<source>/perplexity`, `lm/<source>/loss` and
+    (causal LMs) `lm/<source>/bits_per_byte`.
     Learning-curve rows: `few_shot/<init>/accuracy` with step = shots per class (all: the
     number of training examples).
     """
@@ -613,6 +651,8 @@ def write_tensorboard(report, logdir, step=0):
             for source, m in report["sources"].items():
                 tf.summary.scalar(f"lm/{source}/perplexity", m["perplexity"], step=step)
                 tf.summary.scalar(f"lm/{source}/loss", m["loss"], step=step)
+                if "bits_per_byte" in m:
+                    tf.summary.scalar(f"lm/{source}/bits_per_byte", m["bits_per_byte"], step=step)
         else:
             for name, m in report["sets"].items():
                 tf.summary.scalar(f"shift/{name}/accuracy", m["accuracy"], step=step)

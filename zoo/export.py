@@ -1,6 +1,6 @@
 """SavedModel export with raw-string serving signatures, for every recipe.
 
-`export_recipe(recipe, model, path)` tracks the Keras model and its WordPiece tokenizer in a
+`export_recipe(recipe, model, path)` tracks the Keras model and its preprocessor (tokenizer included) in a
 `keras.export.ExportArchive` and adds `tf.function` endpoints that take `tf.string` text, so
 tokenization, the model and all post-processing run inside one TensorFlow graph. Loading the
 export needs `import tensorflow` and `import tensorflow_text` (for the tokenizer's custom ops)
@@ -39,10 +39,20 @@ gpt-clm
     instances that each carry their own settings (`zoo serve` does the same), so instances
     with different seeds or temperatures run as one batch.
 
-Truncation: encoder texts become `[CLS] tokens [SEP]` and keep their first
-`sequence_length - 2` tokens. Generation runs in a buffer of the model's `sequence_length`
-tokens: a prompt (with its leading [SEP]) keeps its last `sequence_length - max_new_tokens`
-tokens.
+All three also have `tokenize`: text string [B] -> the ids the model gets. Encoders:
+    token_ids int32 [B, T] and padding_mask int32 [B, T], as `classify` (or `fill_mask`, with
+    its masks) packs them. gpt-clm: token_ids int32 [B, L] (each text's tokens followed by the
+    end token [SEP], as the training stream holds a document; padded with [PAD]) and lengths
+    int32 [B]; gpt-clm also has `detokenize` (token_ids [B, L], lengths [B] -> text [B]).
+
+Text becomes ids only through the recipe's preprocessor (`zoo.data.preprocessing`), the same
+layer the training pipeline used, so serving cannot drift from training. Truncation is the
+preprocessor's and is recorded in the metadata (`preprocessor`): encoder texts become `[CLS]
+tokens [SEP]` and keep their first `sequence_length - 2` tokens, where `sequence_length` is what
+training used (not the encoder's position table); `embed` keeps as many as the checkpoint's
+sentence-transformers `max_seq_length` when the model started from one, else the same.
+Generation runs in a buffer of `sequence_length` tokens: a prompt (with its leading [SEP]) keeps
+its last `sequence_length - max_new_tokens` tokens.
 
 Every input is checked inside the signature before any other work (so TF Serving, `zoo serve`
 and any client get the same rules), failing with InvalidArgument and a one-line message that
@@ -58,8 +68,8 @@ what the same value repeated per row does.
 
 Layout: a standard SavedModel (`saved_model.pb`, `variables/`) plus `assets/vocab.txt`,
 `assets/tokenizer.json` (the vocabulary and options, as `zoo.data.tokenizer.save_tokenizer`
-writes them) and `assets/zoo_metadata.json` (recipe, resolved config, label names, metrics,
-signature descriptions and defaults, library versions). The export is written to a hidden
+writes them) and `assets/zoo_metadata.json` (recipe, resolved config, the preprocessor's
+settings, label names, metrics, signature descriptions and defaults, library versions). The export is written to a hidden
 temporary sibling directory and renamed into place, so `path` either does not exist or holds
 a complete export; an existing `path` is never overwritten. Temporary directories that a killed
 export left behind are removed by the next export into the same model directory. Files are
@@ -147,6 +157,7 @@ def export_recipe(recipe, model, path, top_k=DEFAULT_TOP_K, metrics=None, jit_co
         if not recipe.tokenizer.built:  # a stateless layer, never called in a Keras model: build() only marks it built
             recipe.tokenizer.build(None)
         archive.track(recipe.tokenizer)
+        archive.track(recipe.preprocessor)
         signatures, defaults = builders[recipe.name](archive, recipe, model, options)
         archive.write_out(temporary, verbose=False)
         _write_assets(temporary, recipe, signatures, defaults, options, metrics)
@@ -258,54 +269,7 @@ def _make_readable(directory):
     os.chmod(directory, 0o777 & ~umask)
 
 
-# -- text to token ids, in the graph -----------------------------------------------------------
-
-
-class _Preprocessor:
-    """Tokenization helpers over the recipe's tokenizer; every method traces TensorFlow ops."""
-
-    def __init__(self, tokenizer, sequence_length):
-        self.tokenizer = tokenizer
-        self.sequence_length = sequence_length
-        self.pad_id, self.cls_id, self.sep_id, self.mask_id = (
-            tokenizer.token_to_id(token) for token in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")
-        )
-
-    def tokenize(self, text):
-        """Ragged int32 `[B, (T)]` token ids of string `[B]` text."""
-        ids = self.tokenizer(text)
-        if not isinstance(ids, tf.RaggedTensor):  # a tokenizer with its own sequence_length pads
-            ids = tf.RaggedTensor.from_tensor(ids, padding=self.pad_id)
-        return tf.cast(ids, tf.int32)
-
-    def tokenize_with_masks(self, text):
-        """Like `tokenize`, with each literal "[MASK]" in the text becoming the [MASK] id.
-
-        The tokenizer itself never recognises special tokens in raw text, so the text is split
-        at "[MASK]", the pieces are tokenized, and the mask id is put back between them.
-        """
-        pieces = tf.strings.split(text, sep="[MASK]")  # [B, (P)], P >= 1
-        piece_ids = self.tokenize(pieces.flat_values)  # [N, (T)]
-        row = pieces.value_rowids()
-        index_in_row = tf.range(tf.shape(row, out_type=tf.int64)[0]) - tf.gather(pieces.row_starts(), row)
-        followed_by_mask = index_in_row < tf.gather(pieces.row_lengths() - 1, row)
-        masks = tf.RaggedTensor.from_row_lengths(
-            tf.fill([tf.reduce_sum(tf.cast(followed_by_mask, tf.int32))], tf.constant(self.mask_id, tf.int32)),
-            tf.cast(followed_by_mask, piece_ids.row_splits.dtype),
-        )
-        with_masks = tf.concat([piece_ids, masks], axis=1)
-        pieces_per_text = tf.cast(pieces.row_lengths(), with_masks.row_splits.dtype)
-        return tf.RaggedTensor.from_row_lengths(with_masks, pieces_per_text).merge_dims(1, 2)
-
-    def pack(self, ids):
-        """`[CLS] ids [SEP]`, cut to `sequence_length`, right-padded to the longest row: (token_ids, padding_mask)."""
-        ids = ids[:, : self.sequence_length - 2]
-        batch = ids.nrows()
-        cls = tf.fill(tf.stack([batch, 1]), tf.constant(self.cls_id, tf.int32))
-        sep = tf.fill(tf.stack([batch, 1]), tf.constant(self.sep_id, tf.int32))
-        packed = tf.concat([tf.RaggedTensor.from_tensor(cls), ids, tf.RaggedTensor.from_tensor(sep)], axis=1)
-        token_ids = packed.to_tensor(self.pad_id)
-        return token_ids, tf.sequence_mask(packed.row_lengths(), tf.shape(token_ids)[1])
+# -- checks ------------------------------------------------------------------------------------
 
 
 def _require(condition, message, values=None, label="got"):
@@ -377,7 +341,7 @@ def _describe(input_signature, outputs):
 
 
 def _classifier_endpoints(archive, recipe, model, options):
-    preprocessor = _Preprocessor(recipe.tokenizer, model.encoder.sequence_length)
+    preprocessor = recipe.preprocessor
     label_names = list(recipe.label_names or [str(i) for i in range(model.num_classes)])
     if len(label_names) != model.num_classes:
         raise ValueError(f"{len(label_names)} label names for a model with {model.num_classes} classes: {label_names}.")
@@ -394,7 +358,7 @@ def _classifier_endpoints(archive, recipe, model, options):
         }
 
     def classify(text):
-        return outputs(*preprocessor.pack(preprocessor.tokenize(text)))
+        return outputs(*preprocessor.pack(preprocessor.tokenize(text), pad_to_longest=True))
 
     def classify_ids(token_ids, padding_mask):
         return outputs(*_check_ids(token_ids, padding_mask, preprocessor.sequence_length, model.encoder.vocabulary_size))
@@ -408,6 +372,7 @@ def _classifier_endpoints(archive, recipe, model, options):
     signatures = {"classify": _describe(text_signature, described), "classify_ids": _describe(_ids_specs(), described)}
     signatures["serving_default"] = signatures["classify"]
     signatures.update(_embed_endpoint(archive, model, preprocessor))
+    signatures.update(_tokenize_endpoint(archive, lambda text: preprocessor.pack(preprocessor.tokenize(text), pad_to_longest=True), "classify"))
     return signatures, {}
 
 
@@ -416,7 +381,7 @@ def _embed_endpoint(archive, model, preprocessor):
     sentence-transformers models such as all-MiniLM-L6-v2); for search and clustering."""
 
     def embed(text):
-        token_ids, padding_mask = preprocessor.pack(preprocessor.tokenize(text))
+        token_ids, padding_mask = preprocessor.embedding_inputs(text)
         sequence = tf.cast(model.encoder(token_ids, padding_mask=padding_mask, training=False), tf.float32)
         weights = tf.cast(padding_mask, tf.float32)[..., None]
         pooled = tf.reduce_sum(sequence * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
@@ -427,11 +392,24 @@ def _embed_endpoint(archive, model, preprocessor):
     return {"embed": _describe(signature, {"embedding": "float32 [B, hidden], unit length"})}
 
 
+def _tokenize_endpoint(archive, pack, seen_by):
+    """`tokenize`: text -> the token ids and padding mask that `seen_by` gives the model."""
+
+    def tokenize(text):
+        token_ids, padding_mask = pack(text)
+        return {"token_ids": token_ids, "padding_mask": tf.cast(padding_mask, tf.int32)}
+
+    signature = [_string_spec("text")]
+    archive.add_endpoint("tokenize", tokenize, signature)
+    described = {"token_ids": f"int32 [B, T]: what {seen_by} gives the model", "padding_mask": "int32 [B, T]"}
+    return {"tokenize": _describe(signature, described)}
+
+
 # -- bert-mlm ----------------------------------------------------------------------------------
 
 
 def _fill_mask_endpoints(archive, recipe, model, options):
-    preprocessor = _Preprocessor(recipe.tokenizer, model.encoder.sequence_length)
+    preprocessor = recipe.preprocessor
     vocabulary = tf.constant(list(recipe.tokenizer.get_vocabulary()), tf.string)
     k = min(options["top_k"], len(recipe.tokenizer.get_vocabulary()))
 
@@ -455,8 +433,11 @@ def _fill_mask_endpoints(archive, recipe, model, options):
             "mask_positions": mask_positions,
         }
 
+    def with_masks(text):
+        return preprocessor.pack(preprocessor.tokenize_with_masks(text), pad_to_longest=True)
+
     def fill_mask(text):
-        result = outputs(*preprocessor.pack(preprocessor.tokenize_with_masks(text)))
+        result = outputs(*with_masks(text))
         del result["mask_positions"]  # positions in the packed token sequence mean nothing to a text client
         return result
 
@@ -476,6 +457,7 @@ def _fill_mask_endpoints(archive, recipe, model, options):
     }
     signatures["serving_default"] = signatures["fill_mask"]
     signatures.update(_embed_endpoint(archive, model, preprocessor))
+    signatures.update(_tokenize_endpoint(archive, with_masks, "fill_mask"))
     return signatures, {}
 
 
@@ -527,8 +509,8 @@ def _generate_endpoints(archive, recipe, model, options):
     from zoo.models.generation import generate_tokens
 
     decoder = model.decoder
-    sequence_length = decoder.sequence_length
-    preprocessor = _Preprocessor(recipe.tokenizer, sequence_length)
+    preprocessor = recipe.preprocessor
+    sequence_length = preprocessor.sequence_length
 
     def fill(buffer, lengths, max_new_tokens, temperature, top_k, top_p, seed):
         return generate_tokens(
@@ -574,14 +556,12 @@ def _generate_endpoints(archive, recipe, model, options):
         settings = dict(zip(SETTINGS, (max_new_tokens, temperature, top_k, top_p, seed)))
         checks = _setting_checks(tf.size(prompt), settings, sequence_length)
         prompt, *values = _checked(checks, prompt, *settings.values())
-        prompt_ids = preprocessor.tokenize(prompt)
         # Documents start after an end-of-document token in training; so do prompts.
-        start = tf.fill(tf.stack([prompt_ids.nrows(), 1]), tf.constant(preprocessor.sep_id, tf.int32))
-        prompt_ids = tf.concat([tf.RaggedTensor.from_tensor(start), prompt_ids], axis=1)
+        prompt_ids = preprocessor.prompt_ids(prompt)
         new_ids, counts = generate_new_ids(prompt_ids, dict(zip(SETTINGS, values)))
         kept = tf.RaggedTensor.from_tensor(new_ids, lengths=counts)
         kept = tf.ragged.boolean_mask(kept, tf.not_equal(kept, preprocessor.sep_id))
-        return {"text": recipe.tokenizer.detokenize(kept)}
+        return {"text": preprocessor.detokenize(kept)}
 
     def generate_ids(token_ids, lengths, max_new_tokens, temperature, top_k, top_p, seed):
         settings = dict(zip(SETTINGS, (max_new_tokens, temperature, top_k, top_p, seed)))
@@ -605,11 +585,39 @@ def _generate_endpoints(archive, recipe, model, options):
         tf.TensorSpec([None, None], tf.int32, name="token_ids"),
         tf.TensorSpec([None], tf.int32, name="lengths"),
     ] + _sampling_specs()
+    def tokenize(text):
+        ids = preprocessor.document_ids(text)
+        return {"token_ids": ids.to_tensor(preprocessor.pad_id), "lengths": tf.cast(ids.row_lengths(), tf.int32)}
+
+    def detokenize(token_ids, lengths):
+        checks = [
+            _require(
+                tf.shape(lengths)[0] == tf.shape(token_ids)[0], "lengths must have one entry per row of token_ids",
+                tf.shape(lengths), "got shape",
+            ),
+            _require(
+                tf.logical_and(lengths >= 0, lengths <= tf.shape(token_ids)[1]),
+                "every length must be between 0 and the width of token_ids", lengths,
+            ),
+        ] + _id_checks("token_ids", token_ids, decoder.vocabulary_size)
+        token_ids, lengths = _checked(checks, token_ids, lengths)
+        return {"text": preprocessor.detokenize(tf.RaggedTensor.from_tensor(token_ids, lengths=lengths))}
+
+    detokenize_signature = [
+        tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+        tf.TensorSpec([None], tf.int32, name="lengths"),
+    ]
     archive.add_endpoint("generate", generate, text_signature)
     archive.add_endpoint("generate_ids", generate_ids, ids_signature)
+    archive.add_endpoint("tokenize", tokenize, [_string_spec("text")])
+    archive.add_endpoint("detokenize", detokenize, detokenize_signature)
     signatures = {
         "generate": _describe(text_signature, {"text": "string [B]"}),
         "generate_ids": _describe(ids_signature, {"token_ids": "int32 [B, max(max_new_tokens)]", "lengths": "int32 [B]"}),
+        "tokenize": _describe([_string_spec("text")], {
+            "token_ids": "int32 [B, L]: each text's tokens then the end token [SEP], as training's token stream "
+                         "holds it; padded with [PAD]", "lengths": "int32 [B]"}),
+        "detokenize": _describe(detokenize_signature, {"text": "string [B]: the first lengths[b] ids of each row"}),
     }
     signatures["serving_default"] = signatures["generate"]
     sampling = {
@@ -637,6 +645,7 @@ def _write_assets(directory, recipe, signatures, defaults, options, metrics):
         "signature_defaults": defaults,
         "export_options": options,
         "special_tokens": {t: recipe.tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")},
+        "preprocessor": recipe.preprocessor.describe(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
     }

@@ -17,7 +17,7 @@ from tensorboard.plugins import base_plugin
 from tensorboard.plugins.hparams import backend_context as hparams_backend
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from trainers.callbacks import StopOnNaN, TensorBoardSummaries
+from trainers.callbacks import StopOnNaN, TensorBoardSummaries, ValidationBitsPerByte
 
 BATCH_SIZE = 8
 STEPS_PER_EPOCH = 6
@@ -78,6 +78,22 @@ class Recorder(keras.callbacks.Callback):
         self.batch_logs.append((int(self.model.optimizer.iterations), dict(logs)))
 
 
+class BatchLosses(keras.callbacks.Callback):
+    """Each batch's own loss, computed independently of Keras' metrics: the mean squared error of
+    the model on that batch with the weights before its update ({global step: loss})."""
+
+    def __init__(self, x, y, batch_size, first_batch=0):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.first_batch = x, y, batch_size, first_batch
+        self.losses = {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        start = (self.first_batch + batch) * self.batch_size
+        x, y = self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+        prediction = keras.ops.convert_to_numpy(self.model(x, training=False)).astype("float64")
+        self.losses[int(self.model.optimizer.iterations) + 1] = float(np.mean((prediction - y) ** 2))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Three epochs of six steps, summaries every two steps, text samples every second epoch."""
@@ -91,14 +107,16 @@ def run(tmp_path_factory):
     model = _model()
     x, y = _data()
     recorder = Recorder()
+    batch_losses = BatchLosses(x, y, BATCH_SIZE)
     callback = TensorBoardSummaries(
         log_dir, log_every=2, tokens_per_batch=TOKENS_PER_BATCH, examples_per_batch=BATCH_SIZE,
         hparams=HPARAMS, text_samples=sampler, text_every_epochs=2,
     )
     history = model.fit(x, y, batch_size=BATCH_SIZE, epochs=3, shuffle=False, validation_data=_data(seed=1),
-                        callbacks=[callback, recorder], verbose=0)
+                        callbacks=[batch_losses, callback, recorder], verbose=0)
     return {
         "log_dir": log_dir, "history": history.history, "recorder": recorder, "sampler_calls": calls,
+        "batch_losses": batch_losses,
         "train": _read(os.path.join(log_dir, "train")),
         "validation": _read(os.path.join(log_dir, "validation")),
         "session": _read(log_dir),
@@ -110,9 +128,14 @@ def test_training_scalars_every_log_every_steps_on_the_global_step(run):
     expected_steps = list(range(2, 3 * STEPS_PER_EPOCH + 1, 2))
     for tag in ("loss", "mae", "learning_rate", "tokens_per_sec", "examples_per_sec"):
         assert _steps(train, tag) == expected_steps, tag
-    # The written loss is what Keras put in the batch logs at that step (its running epoch mean).
-    logged = {step: logs["loss"] for step, logs in run["recorder"].batch_logs}
-    np.testing.assert_allclose(_values(train, "loss"), [logged[s] for s in expected_steps], rtol=1e-6)
+    # The written loss is the mean of the batch losses since the previous write, not Keras' running
+    # epoch mean; the other metrics are what Keras put in the batch logs at that step.
+    batch_losses = run["batch_losses"].losses
+    expected = [np.mean([batch_losses[s] for s in (step - 1, step)]) for step in expected_steps]
+    np.testing.assert_allclose(_values(train, "loss"), expected, rtol=1e-5)
+    logged = {step: logs for step, logs in run["recorder"].batch_logs}
+    assert not np.allclose(_values(train, "loss"), [logged[s]["loss"] for s in expected_steps], rtol=1e-3)
+    np.testing.assert_allclose(_values(train, "mae"), [logged[s]["mae"] for s in expected_steps], rtol=1e-6)
 
 
 def test_learning_rate_follows_the_schedule(run):
@@ -255,6 +278,73 @@ def test_log_every_counts_steps_when_steps_per_execution_jumps(tmp_path):
     assert _steps(_read(str(tmp_path / "train")), "loss") == [3, 6, 9, 12]
 
 
+def test_interval_loss_spans_epoch_ends_and_a_second_fit(tmp_path):
+    """log_every=4 with 6 steps per epoch: the writes at steps 8 and 16 cover batches of two epochs.
+    Then the trainer's resume pattern: a first fit finishes an interrupted epoch (3 batches from the
+    middle of the data), a second fit with the same instance runs on; the interval that spans the
+    two fits (steps 17..20 here) still averages exactly its own batches."""
+    model = _model()
+    x, y = _data()
+    batch_losses = BatchLosses(x, y, BATCH_SIZE)
+    callback = TensorBoardSummaries(str(tmp_path), log_every=4)
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=3, shuffle=False, verbose=0, callbacks=[batch_losses, callback])
+    # As the trainer resumes: the interrupted epoch from its batch 3 of 6 (steps 19..21), then the rest.
+    half = BATCH_SIZE * 3
+    tail = BatchLosses(x[half:], y[half:], BATCH_SIZE)
+    model.fit(x[half:], y[half:], batch_size=BATCH_SIZE, initial_epoch=3, epochs=4, shuffle=False, verbose=0,
+              callbacks=[tail, callback])
+    rest = BatchLosses(x, y, BATCH_SIZE)
+    model.fit(x, y, batch_size=BATCH_SIZE, initial_epoch=4, epochs=5, shuffle=False, verbose=0,
+              callbacks=[rest, callback])
+    losses = {**batch_losses.losses, **tail.losses, **rest.losses}
+    assert sorted(losses) == list(range(1, 19)) + list(range(19, 28))
+    train = _read(str(tmp_path / "train"))
+    steps = _steps(train, "loss")
+    assert steps == [4, 8, 12, 16, 20, 24]
+    # Steps 17 and 18 (end of the first fit) are carried into the write at 20 with 19 and 20.
+    previous = {4: 0, 8: 4, 12: 8, 16: 12, 20: 16, 24: 20}
+    expected = [np.mean([losses[s] for s in range(previous[step] + 1, step + 1)]) for step in steps]
+    np.testing.assert_allclose(_values(train, "loss"), expected, rtol=1e-5)
+    # The epoch-level loss stays Keras' epoch mean.
+    assert len(_values(train, "epoch_loss")) == 5
+
+
+def test_hparams_hold_the_schedules_real_length_and_warn_when_warmup_is_too_long(tmp_path, capsys):
+    from zoo.optimization import make_optimizer
+
+    model = _model()
+    model.compile(make_optimizer(1e-2, total_steps=2 * STEPS_PER_EPOCH, warmup_steps=100), loss="mse")
+    x, y = _data()
+    hparams = {"total_steps": 2000, "warmup_steps": 100, "num_layers": 1}  # a recipe config's defaults
+    callback = TensorBoardSummaries(str(tmp_path), log_every=2, hparams=hparams)
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=2, verbose=0, callbacks=[callback])
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "never reaches its peak" in line]
+    assert len(warnings) == 1 and "warmup_steps=100" in warnings[0] and "total_steps=12" in warnings[0]
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    content = accumulator.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content
+    start_info = hparams_metadata.parse_session_start_info_plugin_data(content)
+    values = {name: getattr(value, value.WhichOneof("kind")) for name, value in start_info.hparams.items()}
+    assert values["total_steps"] == 12 and values["warmup_steps"] == 100
+    assert "never reaches its peak" in values["schedule_warning"]
+    (_, text), = _read(str(tmp_path / "train"))["warnings"]
+    assert "never reaches its peak" in text.item().decode("utf-8")
+
+
+def test_no_schedule_warning_when_the_warmup_ends_in_time(tmp_path, capsys):
+    from zoo.optimization import make_optimizer
+
+    model = _model()
+    model.compile(make_optimizer(1e-2, total_steps=STEPS_PER_EPOCH, warmup_steps=2), loss="mse")
+    x, y = _data()
+    callback = TensorBoardSummaries(str(tmp_path), log_every=2, hparams={"total_steps": 2000})
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, callbacks=[callback])
+    assert "never reaches its peak" not in capsys.readouterr().err
+    assert callback.hparams == {"total_steps": STEPS_PER_EPOCH, "warmup_steps": 2}
+    assert "warnings" not in _read(str(tmp_path / "train"))
+
+
 def test_rejects_nested_hparams(tmp_path):
     with pytest.raises(TypeError, match="'model'"):
         TensorBoardSummaries(str(tmp_path), hparams={"model": {"num_layers": 2}})
@@ -305,3 +395,32 @@ def test_stop_on_nan_leaves_healthy_training_alone(capsys):
     history = model.fit(x, y, batch_size=BATCH_SIZE, epochs=2, verbose=0, callbacks=[stop])
     assert stop.stopped_at_step is None and len(history.history["loss"]) == 2
     assert "Stopping" not in capsys.readouterr().err
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Placed after the callback under test: the epoch logs later callbacks see."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch_logs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_logs.append(dict(logs))
+
+
+def test_validation_bits_per_byte_reaches_the_later_callbacks_and_the_history(tmp_path, capsys):
+    model = _model()
+    x, y = _data()
+    recorder = EpochRecorder()
+    callbacks = [ValidationBitsPerByte(0.25), TensorBoardSummaries(str(tmp_path), log_every=2), recorder]
+    history = model.fit(x, y, batch_size=BATCH_SIZE, epochs=2, shuffle=False, validation_data=_data(seed=1),
+                        callbacks=callbacks, verbose=2).history
+    expected = [loss / math.log(2) * 0.25 for loss in history["val_loss"]]
+    np.testing.assert_allclose(history["val_bits_per_byte"], expected, rtol=1e-12)
+    assert [logs["val_bits_per_byte"] for logs in recorder.epoch_logs] == history["val_bits_per_byte"]
+    assert "bits_per_byte" not in history and "val_bits_per_byte:" in capsys.readouterr().out  # the console line
+    validation = _read(str(tmp_path / "validation"))
+    np.testing.assert_allclose(_values(validation, "bits_per_byte"), expected, rtol=1e-6)
+    for bad in (0, -1.0, float("nan"), None):
+        with pytest.raises(ValueError, match="tokens_per_byte"):
+            ValidationBitsPerByte(bad)

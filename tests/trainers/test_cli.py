@@ -1,6 +1,7 @@
 """The `zoo` command end to end: train -> evaluate -> export -> generate, and bad arguments."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -93,6 +94,10 @@ def test_evaluate_a_language_model_on_two_corpora(trained_run, lm_corpus, tmp_pa
     assert other["perplexity_ratio"] == pytest.approx(other["perplexity"] / in_domain["perplexity"])
     assert "| source | perplexity |" in result.stdout
     assert {f"lm/{lm_corpus}/perplexity"} <= tags(tmp_path / "r" / "tb")
+    # gpt-clm: bits per byte, per source and alone, from the same loss and the split's tokens per byte.
+    assert in_domain["bits_per_byte"] == pytest.approx(alone["bits_per_byte"], rel=1e-5)
+    assert other["bits_per_byte"] == pytest.approx(other["loss"] / math.log(2) * other["tokens_per_byte"])
+    assert " bits per byte |" in result.stdout and f"lm/{prose}/bits_per_byte" in tags(tmp_path / "r" / "tb")
     shifted = zoo("evaluate", run_dir, "--shifts")
     assert shifted.returncode == 2 and "--data stdlib --data python-docs" in shifted.stderr
 

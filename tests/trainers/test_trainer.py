@@ -66,3 +66,27 @@ def test_model_graph_only_on_request(lm_corpus, tmp_path):
     Trainer(tiny_recipe(lm_corpus), str(tmp_path / "run"), options=options).train()
     event_files = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "run" / "tb" / "graph") for f in files]
     assert any("tfevents" in path for path in event_files)
+
+
+def test_a_causal_lm_logs_validation_bits_per_byte(lm_corpus, tmp_path, capsys):
+    import json
+    import math
+
+    from tensorboard.backend.event_processing import event_accumulator
+
+    recipe = tiny_recipe(lm_corpus)
+    options = TrainOptions(epochs=2, steps_per_epoch=2, validation_steps=1, jit_compile=False, verbose=2)
+    history = Trainer(recipe, str(tmp_path / "run"), options=options).train().history
+    ratio = recipe.tokens_per_byte(lm_corpus, "validation")
+    assert 0 < ratio < 1  # fewer tokens than bytes
+    assert len(history["val_bits_per_byte"]) == 2 and all(map(math.isfinite, history["val_bits_per_byte"]))
+    np.testing.assert_allclose(history["val_bits_per_byte"], [v / math.log(2) * ratio for v in history["val_loss"]],
+                               rtol=1e-12)
+    assert "val_bits_per_byte:" in capsys.readouterr().out  # the console line of each epoch
+    last = json.load(open(tmp_path / "run" / "checkpoints" / "last" / "metrics.json"))
+    assert last["val_bits_per_byte"] == pytest.approx(history["val_bits_per_byte"][-1])
+    best = json.load(open(tmp_path / "run" / "checkpoints" / "best" / "metrics.json"))
+    assert best["val_loss"] == pytest.approx(min(history["val_loss"]))  # val_loss still picks the best
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tb" / "validation"))
+    accumulator.Reload()
+    assert "bits_per_byte" in accumulator.Tags()["tensors"]

@@ -1,6 +1,7 @@
 """Shift evaluation, per-class metrics, perplexity per source, few-shot subsets and learning curves, and the writers."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image
 
 import recipes
 from zoo import evaluation
+from zoo.data import corpora, pipelines
 from zoo.data.corpora import LabelledExamples
 
 TINY = dict(
@@ -127,9 +129,45 @@ def test_evaluate_lm_reports_perplexity_per_source(lm_corpus, tmp_path):
     print(f"perplexity: code {code['perplexity']:.1f}, unseen prose {text['perplexity']:.1f}")
     assert text["perplexity"] > code["perplexity"]  # a model of Python finds English prose harder
     assert "| " + str(prose) + " |" in evaluation.markdown_report(report)
+    # Bits per byte: the loss in bits per token times the split's tokens per byte, for each source.
+    for source, metrics in report["sources"].items():
+        ratio = recipe.tokens_per_byte(source, "train")
+        assert metrics["tokens_per_byte"] == ratio
+        assert metrics["bits_per_byte"] == pytest.approx(metrics["loss"] / math.log(2) * ratio, rel=1e-12)
+        assert 0 < metrics["bits_per_byte"] < 8  # even a barely trained model beats 8 bits per byte
+    assert "bits per byte |" in evaluation.markdown_report(report)
+    assert f"lm/{lm_corpus}/bits_per_byte" in tensorboard_tags(evaluation.write_tensorboard(report, str(tmp_path / "tb")))
     recipe.tokenizer = None
     with pytest.raises(ValueError, match="tokenizer is not set"):
         evaluation.evaluate_lm(model, recipe, [lm_corpus])
+
+
+def test_tokens_per_byte_counts_every_token_and_one_end_token_per_document(lm_corpus):
+    recipe = recipes.get("gpt-clm", data=lm_corpus, max_documents=5, **{**TINY, "vocabulary_size": 400})
+    ratio = recipe.tokens_per_byte(split="train")
+    # Independently, in Python: the tokenizer's eager call on each document, + 1 end token each.
+    documents = corpora.text_documents(lm_corpus, "train")[:5]
+    tokens = sum(len(np.asarray(recipe.tokenizer(document))) + 1 for document in documents)
+    num_bytes = sum(len(document.encode("utf-8")) for document in documents)
+    assert ratio == tokens / num_bytes
+    # Bytes are UTF-8 bytes, not characters; empty documents are left out, as the pipelines leave them out.
+    texts = ["naïve café ☃", "", "x = 1\n"]
+    expected_tokens = sum(len(np.asarray(recipe.tokenizer(text))) + 1 for text in texts if text)
+    counts = pipelines.count_tokens_and_bytes(texts, recipe.preprocessor.document_ids)
+    assert counts == (expected_tokens, len("naïve café ☃x = 1\n".encode("utf-8")))
+    assert not hasattr(recipes.get("bert-mlm"), "tokens_per_byte")  # a masked LM has no bits per byte
+
+
+def test_bpe_and_wordpiece_count_the_same_bytes(lm_corpus):
+    texts = corpora.text_documents(lm_corpus, "train")[:4] + ["def café(x):\n    return '☃' * x\n"]
+    counts = {}
+    for kind in ("bpe", "wordpiece"):
+        recipe = recipes.get("gpt-clm", data=lm_corpus, tokenizer=kind, **{**TINY, "vocabulary_size": 400})
+        recipe.get_tokenizer()
+        counts[kind] = pipelines.count_tokens_and_bytes(texts, recipe.preprocessor.document_ids)
+    (bpe_tokens, bpe_bytes), (wordpiece_tokens, wordpiece_bytes) = counts["bpe"], counts["wordpiece"]
+    assert bpe_bytes == wordpiece_bytes == sum(len(text.encode("utf-8")) for text in texts)  # the text's bytes
+    assert bpe_tokens != wordpiece_tokens  # while the tokens differ
 
 
 def test_learning_curve_rows_are_deterministic(classification_csv, lm_corpus, tmp_path):

@@ -88,9 +88,9 @@ def exports():
 
 
 def classifier_reference(recipe, model, texts):
-    dataset = pipelines.classification_dataset(
-        texts, [0] * len(texts), recipe.tokenizer, SHAPE["sequence_length"], 64, shuffle=False
-    ).map(lambda x, y: x)
+    dataset = pipelines.classification_dataset(texts, [0] * len(texts), recipe.preprocessor, 64, shuffle=False).map(
+        lambda x, y: x
+    )
     logits = model.predict(dataset, verbose=0)
     return {"logits": logits, "label_id": logits.argmax(-1), "label": [LABELS[i] for i in logits.argmax(-1)]}
 
@@ -454,9 +454,81 @@ def test_encoder_exports_offer_a_sentence_embedding(exports):
     for name in ("classifier", "bert-mlm"):
         recipe, model, path = exports[name]
         embedded = tf.saved_model.load(path).signatures["embed"](text=tf.constant(texts))["embedding"].numpy()
-        batch = next(iter(pipelines.classification_dataset(
-            texts, [0] * len(texts), recipe.tokenizer, SHAPE["sequence_length"], len(texts), shuffle=False
-        )))[0]
+        batch = next(iter(pipelines.classification_dataset(texts, [0] * len(texts), recipe.preprocessor, len(texts), shuffle=False)))[0]
         reference = sentence_embedding(model.encoder, batch["token_ids"], batch["padding_mask"])
         np.testing.assert_allclose(embedded, np.asarray(reference), atol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(embedded, axis=-1), 1.0, atol=1e-5)
+
+
+def test_training_pipeline_preprocessor_and_export_give_the_same_ids(exports):
+    """Text reaches the model only through `recipe.preprocessor`: the training pipeline, the
+    layer itself and the exported `tokenize` signature give identical ids, texts far longer
+    than the sequence length included."""
+    texts = corpus()[:60] + [text for text in AWKWARD if text.strip()] + [LONG[:500] + " end", "x" * 3000]
+    T = SHAPE["sequence_length"]
+
+    def rows(token_ids, padding_mask):
+        return [list(ids[: int(np.sum(mask))]) for ids, mask in zip(np.asarray(token_ids), np.asarray(padding_mask))]
+
+    for name in ("classifier", "bert-mlm"):
+        recipe, _, path = exports[name]
+        preprocessor = recipe.preprocessor
+        assert preprocessor.sequence_length == T and preprocessor.describe()["sequence_length"] == T
+        if name == "classifier":
+            training = []
+            for x, _ in pipelines.classification_dataset(texts, [0] * len(texts), preprocessor, 16, shuffle=False):
+                training += rows(x["token_ids"], x["padding_mask"])
+        layer_rows = rows(*preprocessor.pack(preprocessor.tokenize(texts)))
+        if name == "classifier":
+            called = preprocessor(texts)  # the layer's call: the same packing, padded to sequence_length
+            assert called["token_ids"].shape == (len(texts), T)
+            assert rows(called["token_ids"], called["padding_mask"]) == layer_rows
+        exported = tf.saved_model.load(path).signatures["tokenize"](text=tf.constant(texts))
+        export_rows = rows(exported["token_ids"], exported["padding_mask"])
+        assert export_rows == layer_rows
+        if name == "classifier":
+            assert training == layer_rows
+        assert max(len(row) for row in layer_rows) == T  # the long texts were cut to what training saw
+        for text, row in zip(texts, layer_rows):
+            assert row == [CLS_ID] + np.asarray(recipe.tokenizer(text)).tolist()[: T - 2] + [SEP_ID]
+
+    # Both LMs train on one stream of documents, each ended by [SEP]: the pipelines' blocks, the
+    # layer's document_ids and the exported `tokenize` (gpt-clm) spell the same stream.
+    recipe, _, path = exports["gpt-clm"]
+    preprocessor = recipe.preprocessor
+    stream = [token for ids in preprocessor.document_ids(texts).to_list() for token in ids]
+    exported = tf.saved_model.load(path).signatures["tokenize"](text=tf.constant(texts))
+    export_stream = [
+        token for ids, length in zip(exported["token_ids"].numpy(), exported["lengths"].numpy()) for token in ids[:length]
+    ]
+    assert export_stream == stream
+    blocks = []
+    for token_ids, labels in pipelines.causal_lm_dataset(texts, preprocessor, 4, shuffle=False):
+        blocks += np.concatenate([token_ids, labels[:, -1:]], axis=1).reshape(-1).tolist()
+    assert len(blocks) > len(stream) - 4 * (T + 1) and blocks == stream[: len(blocks)]
+    mlm_recipe, _, _ = exports["bert-mlm"]
+    mlm_stream = [token for ids in mlm_recipe.preprocessor.document_ids(texts).to_list() for token in ids]
+    assert mlm_stream == stream  # same tokenizer, same stream
+    chunks = []
+    for x, y, weights in pipelines.masked_lm_dataset(texts, mlm_recipe.preprocessor, 4, shuffle=False):
+        original = x["token_ids"].numpy().copy()
+        for row in range(len(original)):
+            real = weights[row].numpy() > 0
+            original[row, x["mask_positions"][row].numpy()[real]] = y[row].numpy()[real]
+        assert (original[:, 0] == CLS_ID).all() and (original[:, -1] == SEP_ID).all()
+        chunks += original[:, 1:-1].reshape(-1).tolist()
+    assert len(chunks) > len(stream) - 4 * (T - 2) and chunks == stream[: len(chunks)]
+    # `detokenize` is the layer's detokenize.
+    detokenized = tf.saved_model.load(path).signatures["detokenize"](
+        token_ids=exported["token_ids"], lengths=exported["lengths"] - 1
+    )["text"].numpy().tolist()
+    assert detokenized == preprocessor.detokenize(preprocessor.tokenize(texts)).numpy().tolist()
+
+
+def test_export_metadata_records_the_preprocessor(exports):
+    for name, kind in (("classifier", "EncoderPreprocessor"), ("bert-mlm", "MaskedLMPreprocessor"), ("gpt-clm", "CausalLMPreprocessor")):
+        recipe, _, path = exports[name]
+        described = export.read_metadata(path)["preprocessor"]
+        assert described["class"] == kind
+        assert described["sequence_length"] == SHAPE["sequence_length"]
+        assert described["truncation"] and described["special_token_ids"]["[SEP]"] == SEP_ID

