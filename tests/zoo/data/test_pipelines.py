@@ -184,3 +184,27 @@ def test_pipeline_arguments_are_checked(tokenizer):
         MaskedLMPreprocessor(tokenizer, 16, mask_token_rate=0.95, random_token_rate=0.1)
     with pytest.raises(ValueError, match="batch_size"):
         pipelines.causal_lm_dataset(["a b c"], CausalLMPreprocessor(tokenizer, 16), 0)
+
+
+def test_one_pass_datasets_declare_their_length_and_keras_averages_exactly(tokenizer):
+    """A packed one-pass dataset declares its exact number of batches. Without it, Keras (TF,
+    no XLA) read past the end once per evaluate and counted a phantom batch in the loss's mean."""
+    import keras
+
+    documents = _small_documents()
+    causal = pipelines.causal_lm_dataset(documents, CausalLMPreprocessor(tokenizer, 16), 4, shuffle=False)
+    masked = pipelines.masked_lm_dataset(documents, MaskedLMPreprocessor(tokenizer, 24), 4, shuffle=False)
+    for dataset in (causal, masked):
+        assert int(dataset.cardinality()) == sum(1 for _ in dataset) > 2
+    model = keras.Sequential([keras.Input((16,), dtype="int32"), keras.layers.Embedding(tokenizer.vocabulary_size(), 32),
+                              keras.layers.Dense(tokenizer.vocabulary_size())])
+    losses = []
+    for token_ids, labels in causal:
+        logits = model(token_ids).numpy().astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        losses.append(-np.take_along_axis(log_probs, labels.numpy()[..., None], -1).mean())
+    for jit_compile in (False, True):
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
+        assert model.evaluate(causal, verbose=0) == pytest.approx(np.mean(losses), rel=1e-5)
+        assert model.evaluate(causal.take(2), verbose=0) == pytest.approx(np.mean(losses[:2]), rel=1e-5)
