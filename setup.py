@@ -19,11 +19,12 @@ setup(
         "safetensors>=0.4,<1",
         "tokenizers>=0.20,<1",  # trains the BPE vocabularies; the tests' reference tokenizer
         "werkzeug>=3.0,<4",  # the TF-Serving-compatible HTTP server (zoo serve)
-        "pillow>=10,<14",  # confusion-matrix and trade-off plots (PNG) without matplotlib
+        "matplotlib>=3.8,<4",  # confusion-matrix, learning-curve and trade-off plots (PNG, Agg backend)
+        "pillow>=10,<14",  # the tests decode the PNGs with it (matplotlib needs it too)
     ],
     extras_require={
         # jax (CPU) runs the layer tests on a second backend: the zoo's layers must stay backend-agnostic.
-        "test": ["pytest>=8,<10", "jax[cpu]>=0.4.34,<0.11"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "jax[cpu]>=0.4.34,<0.11"],
     },
     entry_points={"console_scripts": ["zoo=trainers.cli:main"]},
 )

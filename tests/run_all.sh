@@ -5,5 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 export TF_CPP_MIN_LOG_LEVEL=2
-"$python" -m pytest tests "$@"
-KERAS_BACKEND=jax "$python" -m pytest -q tests/zoo/layers
+# Two pytest workers (pytest-xdist), each test file kept on one worker so that its module
+# fixtures (trained tokenizers, exports, servers) are built once: much of the suite waits on
+# subprocesses, servers and tracing rather than on the two cores. ZOO_TEST_WORKERS=0 runs in one process.
+workers=${ZOO_TEST_WORKERS:-2}
+parallel=()
+[ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)
+"$python" -m pytest "${parallel[@]}" tests "$@"
+KERAS_BACKEND=jax "$python" -m pytest "${parallel[@]}" -q tests/zoo/layers

@@ -184,7 +184,12 @@ def write_sweep(rows, keys, metric_names, out, x, y, title):
         lines.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |")
     with open(paths["md"], "w") as f:
         f.write("\n".join(lines) + "\n")
-    labels = [", ".join(f"{key}={row[key]}" for key in keys if key != x) for row in rows]
+    # Each point is labelled with its grid values (`1 : 0.25`); the title names the keys.
+    label_keys = [key for key in keys if key != x]
+    labels = [" : ".join(f"{row[key]:g}" if isinstance(row[key], (int, float)) else str(row[key]) for key in label_keys)
+              for row in rows]
+    if label_keys:
+        title = f"{title}\npoints: {' : '.join(label_keys)}"
     series = {"grid points": [(row[x], row[y], label) for row, label in zip(rows, labels)]}
     # Perplexities (or anything positive spanning over a decade) read better on a log axis.
     xs = [row[x] for row in rows]

@@ -114,3 +114,68 @@ def test_evaluate_with_shifts_and_a_second_set_writes_the_report(sweep, classifi
     accumulator = event_accumulator.EventAccumulator(str(tmp_path / "report" / "tb"), size_guidance={"tensors": 0, "images": 0})
     accumulator.Reload()
     assert "shift/char_noise_30/accuracy_gap" in accumulator.Tags()["tensors"]
+
+
+# -- the plots (matplotlib), without training ----------------------------------------------------
+
+
+def _decoded(png):
+    """The PNG as an RGB array; checks it is a real, non-blank image."""
+    import io
+
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    pixels = np.asarray(image.convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10  # text, lines and fills, not a blank page
+    assert (pixels < 128).any() and (pixels > 250).any()  # dark marks on a white background
+    return pixels
+
+
+def test_line_plot_png_has_the_size_asked_for_and_something_drawn():
+    from zoo import evaluation
+
+    series = {"scratch": [(8, 0.43, "8"), (32, 0.60, "32"), (512, 0.86, "all")],
+              "minilm": [(8, 0.81, "8"), (32, 0.90, ""), (512, 0.94)]}
+    for log_x in (False, True):
+        pixels = _decoded(evaluation.line_plot_png_bytes(series, "examples per class", "accuracy", "curve", log_x=log_x))
+        assert pixels.shape == (420, 640, 3)
+    assert _decoded(evaluation.line_plot_png_bytes({"one": [(1.0, 2.0, "")]}, "x", "y", size=(300, 200))).shape == (200, 300, 3)
+    with pytest.raises(ValueError, match="x > 0"):
+        evaluation.line_plot_png_bytes(series | {"bad": [(0, 1.0)]}, "x", "y", log_x=True)
+    with pytest.raises(ValueError, match="at least one point"):
+        evaluation.line_plot_png_bytes({"empty": []}, "x", "y")
+
+
+def test_confusion_png_shades_the_diagonal_blue_and_errors_red():
+    from zoo import evaluation
+
+    names = ["animal", "tool", "plant", "a much longer label"]
+    confusion = [[50, 3, 0, 1], [4, 40, 6, 0], [0, 2, 48, 0], [30, 0, 1, 9]]
+    pixels = _decoded(evaluation.confusion_png_bytes(confusion, names, title="char_noise_30")).astype(int)
+    assert pixels.shape[0] >= 400 and pixels.shape[1] >= 480
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    assert ((blue - red > 100) & (blue > 200)).sum() > 1000  # strongly correct cells
+    assert ((red - blue > 60) & (red > 200)).sum() > 1000  # the 30 row-3 errors (75% of the row)
+    bigger = evaluation.confusion_png_bytes(np.eye(12, dtype=int) * 5, [f"class {i}" for i in range(12)])
+    assert _decoded(bigger).shape[1] > pixels.shape[1]  # grows with the number of classes
+    with pytest.raises(ValueError, match="shape"):
+        evaluation.confusion_png_bytes([[1, 2], [3, 4]], names)
+
+
+def test_learning_curve_png_and_sweep_png_from_saved_rows(tmp_path):
+    from trainers.reports import write_sweep
+    from zoo import evaluation
+
+    rows = [{"init": init, "shots_per_class": shots, "train_examples": 4 * (shots if shots != "all" else 400),
+             "accuracy": accuracy}
+            for init, accuracies in (("scratch", [0.435, 0.603, 0.740, 0.863]), ("minilm", [0.815, 0.9, 0.923, 0.945]))
+            for shots, accuracy in zip([8, 32, 128, "all"], accuracies)]
+    assert _decoded(evaluation.learning_curve_png_bytes(rows)).shape == (420, 640, 3)
+    sweep_rows = [{"mlm_weight": m, "classification_weight": c, "run_dir": "runs/x", "mlm_perplexity": p,
+                   "classification_accuracy": a}
+                  for m, c, p, a in ((1.0, 0.0, 820.0, 0.26), (1.0, 1.0, 692.0, 0.898), (0.0, 1.0, 8243.0, 0.904))]
+    paths = write_sweep(sweep_rows, ["mlm_weight", "classification_weight"], ["mlm_perplexity", "classification_accuracy"],
+                        str(tmp_path), "mlm_perplexity", "classification_accuracy", "multitask sweep")
+    with open(paths["png"], "rb") as f:
+        assert _decoded(f.read()).shape == (420, 640, 3)
+
