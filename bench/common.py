@@ -19,7 +19,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 
-# The shared CPU configuration of BENCHMARKS.md ("tiny").
+# The shared CPU configuration ("tiny"): the shape every contender of the CPU benchmarks trains.
 TINY = {
     "vocabulary_size": 8192,
     "num_layers": 2,

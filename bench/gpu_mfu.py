@@ -10,7 +10,7 @@ blocked from being imported (Keras would otherwise import it, when installed, fr
 `keras.utils.set_random_seed`, which `Recipe.build_model` calls), and the result records that
 it was not.
 
-MFU uses the PaLM formula (BENCHMARKS.md): FLOPs/token = 6 N + 12 L H Q T, with N the parameter
+MFU uses the PaLM formula (Chowdhery et al. 2022, appendix B): FLOPs/token = 6 N + 12 L H Q T, with N the parameter
 count without the position embedding (as nanoGPT counts: the token embedding is also the output
 projection, so its matmul is real work), L layers, H heads, Q head size, T sequence length;
 MFU = tokens/s x FLOPs/token / peak. The peak is `--peak-tflops` (default 989: H100 SXM dense

@@ -1,6 +1,6 @@
 """Training throughput (tokens/s) of the zoo's recipes against keras-hub and Hugging Face/torch.
 
-Every contender trains on the shared "tiny" shape of BENCHMARKS.md (vocabulary 8192, 2 layers,
+Every contender trains on the shared "tiny" shape (vocabulary 8192, 2 layers,
 hidden 128, 2 heads, intermediate 512, sequence 128, batch 32 = 4,096 tokens a step, float32) on
 the same synthetic token ids, with XLA on and off for the Keras contenders:
 
