@@ -90,14 +90,7 @@ class MultitaskRecipe(ClassifierRecipe):
         )
 
     def make_preprocessor(self, tokenizer):
-        from zoo.data.preprocessing import MaskedLMPreprocessor
-
-        c = self.config
-        return MaskedLMPreprocessor(
-            tokenizer, c.sequence_length, mask_selection_rate=c.mask_selection_rate, mask_token_rate=c.mask_token_rate,
-            random_token_rate=c.random_token_rate, max_predictions=c.max_predictions or None,
-            embedding_sequence_length=pretrained.embedding_sequence_length(self._pretrained),
-        )
+        return pretrained.masked_lm_preprocessor(self.config, tokenizer, self._pretrained)
 
     def datasets(self, source=None, batch_size=None, splits=("train", "validation"), repeat=False):
         """Batches of `(x, y, sample_weight)`: x = {"token_ids" (masked), "padding_mask",

@@ -106,6 +106,18 @@ def _load_zoo_checkpoint(source, config, recipe_name, masked_lm_head):
     return Pretrained(encoder, head, tokenizer, checkpoint_config)
 
 
+def masked_lm_preprocessor(config, tokenizer, loaded=None):
+    """The `MaskedLMPreprocessor` of a masked-LM recipe (bert-mlm, multitask) from its config's
+    sequence length and masking rates; `loaded` (its `init_from`, or None) sets `embed`'s length."""
+    from zoo.data.preprocessing import MaskedLMPreprocessor
+
+    return MaskedLMPreprocessor(
+        tokenizer, config.sequence_length, mask_selection_rate=config.mask_selection_rate,
+        mask_token_rate=config.mask_token_rate, random_token_rate=config.random_token_rate,
+        max_predictions=config.max_predictions or None, embedding_sequence_length=embedding_sequence_length(loaded),
+    )
+
+
 def embedding_sequence_length(loaded):
     """How many tokens the `embed` signature keeps for a model started from `loaded` (a
     `Pretrained`, or None): a sentence-transformers checkpoint's `max_seq_length` (what

@@ -299,6 +299,20 @@ def _id_checks(name, token_ids, vocabulary_size):
     )]
 
 
+def _rows_checks(token_ids, lengths, minimum_length, vocabulary_size):
+    """Checks of right-padded rows of ids `[B, L]` with their lengths `[B]`."""
+    return [
+        _require(
+            tf.shape(lengths)[0] == tf.shape(token_ids)[0], "lengths must have one entry per row of token_ids",
+            tf.shape(lengths), "got shape",
+        ),
+        _require(
+            tf.logical_and(lengths >= minimum_length, lengths <= tf.shape(token_ids)[1]),
+            f"every length must be between {minimum_length} and the width of token_ids", lengths,
+        ),
+    ] + _id_checks("token_ids", token_ids, vocabulary_size)
+
+
 def _check_ids(token_ids, padding_mask, sequence_length, vocabulary_size):
     checks = [
         _require(
@@ -565,16 +579,9 @@ def _generate_endpoints(archive, recipe, model, options):
 
     def generate_ids(token_ids, lengths, max_new_tokens, temperature, top_k, top_p, seed):
         settings = dict(zip(SETTINGS, (max_new_tokens, temperature, top_k, top_p, seed)))
-        checks = _setting_checks(tf.shape(token_ids)[0], settings, sequence_length) + [
-            _require(
-                tf.shape(lengths)[0] == tf.shape(token_ids)[0], "lengths must have one entry per row of token_ids",
-                tf.shape(lengths), "got shape",
-            ),
-            _require(
-                tf.logical_and(lengths >= 1, lengths <= tf.shape(token_ids)[1]),
-                "every length must be between 1 and the width of token_ids", lengths,
-            ),
-        ] + _id_checks("token_ids", token_ids, decoder.vocabulary_size)
+        checks = _setting_checks(tf.shape(token_ids)[0], settings, sequence_length) + _rows_checks(
+            token_ids, lengths, 1, decoder.vocabulary_size
+        )
         token_ids, lengths, *values = _checked(checks, token_ids, lengths, *settings.values())
         prompt_ids = tf.RaggedTensor.from_tensor(token_ids, lengths=tf.cast(lengths, tf.int64))
         new_ids, counts = generate_new_ids(prompt_ids, dict(zip(SETTINGS, values)))
@@ -585,22 +592,13 @@ def _generate_endpoints(archive, recipe, model, options):
         tf.TensorSpec([None, None], tf.int32, name="token_ids"),
         tf.TensorSpec([None], tf.int32, name="lengths"),
     ] + _sampling_specs()
+
     def tokenize(text):
         ids = preprocessor.document_ids(text)
         return {"token_ids": ids.to_tensor(preprocessor.pad_id), "lengths": tf.cast(ids.row_lengths(), tf.int32)}
 
     def detokenize(token_ids, lengths):
-        checks = [
-            _require(
-                tf.shape(lengths)[0] == tf.shape(token_ids)[0], "lengths must have one entry per row of token_ids",
-                tf.shape(lengths), "got shape",
-            ),
-            _require(
-                tf.logical_and(lengths >= 0, lengths <= tf.shape(token_ids)[1]),
-                "every length must be between 0 and the width of token_ids", lengths,
-            ),
-        ] + _id_checks("token_ids", token_ids, decoder.vocabulary_size)
-        token_ids, lengths = _checked(checks, token_ids, lengths)
+        token_ids, lengths = _checked(_rows_checks(token_ids, lengths, 0, decoder.vocabulary_size), token_ids, lengths)
         return {"text": preprocessor.detokenize(tf.RaggedTensor.from_tensor(token_ids, lengths=lengths))}
 
     detokenize_signature = [

@@ -71,6 +71,10 @@ def test_evaluate_export_and_generate(trained_run):
     generated = zoo("generate", export_dir, "def ", "--max-new-tokens", "5")
     assert generated.returncode == 0, generated.stderr[-3000:]
     assert generated.stdout.startswith("def ")
+    # No TensorFlow or Keras noise: CUDA probes, oneDNN notes, Keras' "ran out of data".
+    noise = ("ran out of data", "cuInit", "cuda drivers", "oneDNN", "absl::InitializeLog", "Traceback")
+    for result in (evaluated, exported):
+        assert not [line for line in noise if line in result.stderr], result.stderr
 
 
 def test_evaluate_a_language_model_on_two_corpora(trained_run, lm_corpus, tmp_path):
