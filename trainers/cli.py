@@ -447,7 +447,13 @@ def _add_training_arguments(parser):
 
 
 def build_parser():
-    from zoo import __version__
+    # The installed distribution's version: importing `zoo` would import Keras and TensorFlow.
+    from importlib import metadata
+
+    try:
+        __version__ = metadata.version("keras-zoo")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        __version__ = "unknown"
 
     parser = argparse.ArgumentParser(prog="zoo", description="Train, evaluate and export transformer recipes.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -1,7 +1,8 @@
 """Data layer: local corpora, tokenizers, preprocessors (text to model ids) and tf.data pipelines.
 
-Names are loaded lazily, so `import zoo.data.corpora` stays cheap (no TensorFlow) while
-`from zoo.data import causal_lm_dataset` pulls in TensorFlow only when asked for.
+Names are loaded lazily: `from zoo.data import causal_lm_dataset` imports its module (and
+TensorFlow's text ops) only when asked for. (Importing any `zoo` module imports Keras first:
+see `zoo/__init__.py`.)
 """
 
 import importlib
