@@ -422,10 +422,15 @@ def learning_curve_png_bytes(rows, title="few-shot learning curve"):
         shots = row["shots_per_class"]
         count = shots if shots != "all" else None
         points.setdefault(row["init"], []).append((count, row["train_examples"], row["accuracy"], str(shots)))
-    # "all" sits at the right edge: its x is the largest per-class count seen, times 4.
-    finite = [c for series in points.values() for c, *_ in series if c]
-    right = max(finite) * 4 if finite else 1
-    series = {init: [((c or right), accuracy, label) for c, _, accuracy, label in values] for init, values in points.items()}
+    # "all" sits at its real examples per class: its training examples over the number of
+    # classes (K-shot rows have K x classes examples); at 1 when there is no K-shot row.
+    finite = [(c, examples) for series in points.values() for c, examples, *_ in series if c]
+    classes = max(1, round(finite[0][1] / finite[0][0])) if finite else 1
+
+    def x(count, examples):
+        return count if count else (examples / classes if finite else 1)
+
+    series = {init: [(x(c, n), accuracy, label) for c, n, accuracy, label in values] for init, values in points.items()}
     return line_plot_png_bytes(series, "examples per class (log scale)", "test accuracy", title, log_x=True)
 
 
