@@ -20,6 +20,13 @@ tokenizers: on the console, in the history, the checkpoints' metrics.json and Te
 Checkpoints and backups only ever hold finite weights: a NaN or infinite loss, or weights made
 non-finite by an update, stop the run with `TrainingDiverged` naming the step and the backup a
 rerun resumes from.
+
+What it prints (with `verbose` >= 1): a status line on stderr when each slow phase starts and one
+with its duration when it ends (preparing data, building the model, the first training step,
+each validation pass, each checkpoint save; `trainers.progress`), and the progress: Keras'
+progress bar on a terminal, one line per `log_every` steps and one per epoch otherwise
+(`TrainOptions.progress`). TensorFlow's native log noise is filtered out while it trains
+(`trainers.quiet.live_filtered_stderr`); real errors pass.
 """
 
 import dataclasses
@@ -35,9 +42,11 @@ import warnings
 import keras
 
 from trainers import backup as backup_lib
-from trainers.callbacks import StopOnNaN, TensorBoardSummaries, ValidationBitsPerByte
+from trainers.callbacks import PhaseLines, ProgressLines, StopOnNaN, TensorBoardSummaries, ValidationBitsPerByte
 from trainers.distributed_data import distribute
 from trainers.errors import CheckpointWriteError, RunSetupError, TrainingDiverged
+from trainers.progress import PROGRESS_MODES, phase, resolve_progress
+from trainers.quiet import live_filtered_stderr
 from trainers.strategy import get_strategy, is_chief, per_replica_batch_size
 
 MIXED_PRECISION_POLICIES = ("", "mixed_bfloat16", "mixed_float16")
@@ -59,10 +68,11 @@ class TrainOptions:
     strategy: str = "auto"
     jit_compile: bool = True  # XLA where it works (see resolve_jit_compile); Keras' "auto" is off on CPU
     mixed_precision: str = ""  # "", "mixed_bfloat16" or "mixed_float16" (with loss scaling)
-    log_every: int = 10  # TensorBoard scalars every N steps
+    log_every: int = 10  # TensorBoard scalars (and progress lines) every N steps
     backup_every: int = 50  # step backups every N steps (a crash loses at most N steps); 0: epoch ends only
     write_graph: bool = False  # the model graph in TensorBoard (tb/graph), off by default
-    verbose: int = 1
+    verbose: int = 1  # 0: silent; 1: status lines and `progress`; 2: status lines and Keras' line per epoch
+    progress: str = "auto"  # at verbose 1: "bar" (Keras'), "lines" (one per log_every steps), "auto": bar on a terminal
 
 
 @dataclasses.dataclass
@@ -96,6 +106,13 @@ def resolve_jit_compile(requested, strategy):
     return True
 
 
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _worker_index(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     task_id = getattr(resolver, "task_id", None)
@@ -124,12 +141,13 @@ def _replace_directory(write, target):
 class RecipeCheckpoint(keras.callbacks.Callback):
     """After every epoch: `last/` (always) and `best/` (when `monitor` improves), as recipe checkpoints."""
 
-    def __init__(self, recipe, directory, monitor="val_loss", guard=None):
+    def __init__(self, recipe, directory, monitor="val_loss", guard=None, verbose=False):
         super().__init__()
         self.recipe = recipe
         self.directory = directory
         self.monitor = monitor
         self.guard = guard  # a StopOnNaN: its check_weights() must pass before a checkpoint is written
+        self.verbose = verbose  # status lines around each save
         self.best = self._saved_best()
 
     def _saved_best(self):
@@ -154,7 +172,8 @@ class RecipeCheckpoint(keras.callbacks.Callback):
 
         target = os.path.join(self.directory, name)
         try:
-            _replace_directory(write, target)
+            with phase(f"saving {os.path.basename(self.directory)}/{name}", enabled=self.verbose):
+                _replace_directory(write, target)
         except OSError as error:
             raise CheckpointWriteError(
                 f"Could not write the checkpoint {target}: {error.strerror or error}. The previous checkpoint and the "
@@ -224,6 +243,10 @@ class Trainer:
             value = getattr(self.options, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"TrainOptions.{name} must be an integer >= {minimum}, got {value!r}.")
+        if self.options.progress not in PROGRESS_MODES:
+            raise ValueError(
+                f"TrainOptions.progress must be one of {', '.join(PROGRESS_MODES)}, got {self.options.progress!r}."
+            )
 
     def path(self, *parts):
         return os.path.join(self.run_dir, *parts)
@@ -234,7 +257,8 @@ class Trainer:
         if self.options.mixed_precision:
             keras.config.set_dtype_policy(self.options.mixed_precision)
         try:
-            return self._train(strategy)
+            with live_filtered_stderr():  # TensorFlow's native notes ("oneDNN supports DT_INT64 ...") dropped
+                return self._train(strategy)
         finally:
             keras.config.set_dtype_policy(previous_policy)
 
@@ -407,11 +431,27 @@ class Trainer:
 
     # -- training ------------------------------------------------------------------------
 
-    def _callbacks(self, chief, worker, initial_step, tokens_per_batch, examples_per_batch, tokens_per_byte=None):
+    def _progress_mode(self):
+        """`bar`, `lines`, or None (verbose 0 or 2: no display of this choice)."""
+        return resolve_progress(self.options.progress) if self.options.verbose == 1 else None
+
+    def _callbacks(self, chief, worker, initial_step, tokens_per_batch, examples_per_batch, tokens_per_byte=None,
+                   total_steps=None, jit_compile=False):
         backup_dir = self.path("backup", f"worker-{worker}")
         guard = StopOnNaN(checkpoint_dir=self.path("checkpoints", "last"))
-        # First: it adds val_bits_per_byte to the epoch logs that every later callback reads.
-        callbacks = [ValidationBitsPerByte(tokens_per_byte)] if tokens_per_byte else []
+        verbose = self.options.verbose > 0
+        mode = self._progress_mode()
+        callbacks = []
+        if verbose:
+            first_step = f"first training step (tracing{' and XLA compilation' if jit_compile else ''})"
+            # Keras' bar on a terminal leaves its line open while validation runs: start below it.
+            callbacks.append(PhaseLines(first_step, new_line=mode == "bar" and _is_terminal(sys.stdout)))
+        # Before the callbacks that read the epoch logs: it adds val_bits_per_byte to them.
+        if tokens_per_byte:
+            callbacks.append(ValidationBitsPerByte(tokens_per_byte))
+        if mode == "lines":  # its epoch line comes before the checkpoints' status lines
+            callbacks.append(ProgressLines(self.options.log_every, total_steps=total_steps, epochs=self.options.epochs,
+                                           tokens_per_batch=tokens_per_batch, examples_per_batch=examples_per_batch))
         if chief:
             hparams = {k: v for k, v in self.recipe.config_dict().items() if isinstance(v, (int, float, str, bool))}
             hparams.update(strategy=self.options.strategy, mixed_precision=self.options.mixed_precision or "float32",
@@ -421,11 +461,12 @@ class Trainer:
                 TensorBoardSummaries(
                     self.path("tb"), log_every=self.options.log_every, tokens_per_batch=tokens_per_batch,
                     examples_per_batch=examples_per_batch, hparams=hparams, text_samples=sampler,
+                    trial_id=os.path.basename(os.path.normpath(os.path.abspath(self.run_dir))),
                 )
             )
             if self.options.write_graph:
                 callbacks.append(keras.callbacks.TensorBoard(self.path("tb", "graph"), write_graph=True, update_freq="epoch"))
-            callbacks.append(RecipeCheckpoint(self.recipe, self.path("checkpoints"), guard=guard))
+            callbacks.append(RecipeCheckpoint(self.recipe, self.path("checkpoints"), guard=guard, verbose=verbose))
         callbacks.append(guard)
         callbacks.append(backup_lib.StepBackup(backup_dir, self.options.backup_every, initial_step=initial_step,
                                                guard=guard))
@@ -453,36 +494,38 @@ class Trainer:
         worker = _worker_index(strategy)
         backup_dir = self.path("backup", f"worker-{worker}")
         created = self._check_run_dir()
+        verbose = options.verbose > 0
         try:
             saved_config = self._read_config()
             resuming = saved_config is not None
             changes = self._config_changes(saved_config)
-            self._prepare_tokenizer(resuming)
-
             config = self.recipe.config
             per_replica_batch_size(config.batch_size, strategy)  # a clear error if it does not divide
-            # tf.data shuffles combine their seed with TensorFlow's global seed at the time the
-            # pipeline is built; fixing it first makes the data order the same wherever and whenever
-            # the pipeline is built (in this process, or inside a worker's dataset function).
-            keras.utils.set_random_seed(config.seed)
-            train = self._dataset("train", repeat=True)
-            validation = self._dataset("validation")
-            self._check_labels()
-            steps_per_epoch, validation_steps = self._steps()
-            total_steps = options.epochs * steps_per_epoch
-            if validation_steps:
-                validation = validation.take(validation_steps)
-            self._check_validation(validation)
-            validation = distribute(strategy, lambda: validation, config.batch_size)
-            # Causal LMs: the validation split's tokens per byte, for val_bits_per_byte (stdlib: 1-5 s on 2 cores).
-            tokens_per_byte = getattr(self.recipe, "tokens_per_byte", None)
-            tokens_per_byte = tokens_per_byte(self.data, "validation") if tokens_per_byte else None
+            with phase("preparing data", enabled=verbose):
+                self._prepare_tokenizer(resuming)
+                # tf.data shuffles combine their seed with TensorFlow's global seed at the time the
+                # pipeline is built; fixing it first makes the data order the same wherever and whenever
+                # the pipeline is built (in this process, or inside a worker's dataset function).
+                keras.utils.set_random_seed(config.seed)
+                train = self._dataset("train", repeat=True)
+                validation = self._dataset("validation")
+                self._check_labels()
+                steps_per_epoch, validation_steps = self._steps()
+                total_steps = options.epochs * steps_per_epoch
+                if validation_steps:
+                    validation = validation.take(validation_steps)
+                self._check_validation(validation)
+                validation = distribute(strategy, lambda: validation, config.batch_size)
+                # Causal LMs: the validation split's tokens per byte, for val_bits_per_byte (stdlib: 1-5 s on 2 cores).
+                tokens_per_byte = getattr(self.recipe, "tokens_per_byte", None)
+                tokens_per_byte = tokens_per_byte(self.data, "validation") if tokens_per_byte else None
 
-            with strategy.scope():
-                jit_compile = resolve_jit_compile(options.jit_compile, strategy)
-                model = self.recipe.build_model(total_steps=total_steps, jit_compile=jit_compile)
-                model.optimizer.build(model.trainable_variables)
-            step = backup_lib.restore(model, backup_dir)
+            with phase("building the model", enabled=verbose):
+                with strategy.scope():
+                    jit_compile = resolve_jit_compile(options.jit_compile, strategy)
+                    model = self.recipe.build_model(total_steps=total_steps, jit_compile=jit_compile)
+                    model.optimizer.build(model.trainable_variables)
+                step = backup_lib.restore(model, backup_dir)
         except BaseException:
             if created and chief:  # no trace of a run that never started: the corrected command must not be refused
                 shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -500,7 +543,10 @@ class Trainer:
             self._record_config_changes(changes, step, chief)
 
         tokens_per_batch = config.batch_size * config.sequence_length
-        callbacks, guard = self._callbacks(chief, worker, step, tokens_per_batch, config.batch_size, tokens_per_byte)
+        callbacks, guard = self._callbacks(chief, worker, step, tokens_per_batch, config.batch_size, tokens_per_byte,
+                                           total_steps=total_steps, jit_compile=jit_compile)
+        # Keras' progress bar only in `bar` mode; `lines` mode prints through ProgressLines instead.
+        fit_verbose = 0 if self._progress_mode() == "lines" else options.verbose
         history = {}
 
         def fit(first_epoch, last_epoch, steps):
@@ -512,7 +558,7 @@ class Trainer:
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
                 result = model.fit(
                     stream, initial_epoch=first_epoch, epochs=last_epoch, steps_per_epoch=steps,
-                    validation_data=validation, callbacks=callbacks, verbose=options.verbose, shuffle=False,
+                    validation_data=validation, callbacks=callbacks, verbose=fit_verbose, shuffle=False,
                 )
             for key, values in result.history.items():
                 history.setdefault(key, []).extend(values)

@@ -51,8 +51,9 @@ def test_train_writes_the_run_directory_and_is_quiet(trained_run, lm_corpus):
 def test_tensorboard_has_the_scalars_and_text_samples(trained_run):
     run_dir, _ = trained_run
     train_tags = tags(run_dir / "tb" / "train")
-    assert {"loss", "accuracy", "perplexity", "learning_rate", "tokens_per_sec", "examples_per_sec", "samples"} <= train_tags
-    assert {"loss", "accuracy", "perplexity"} <= tags(run_dir / "tb" / "validation")
+    assert {"train/loss", "train/accuracy", "train/perplexity", "train/learning_rate", "train/grad_norm",
+            "train/clip_rate", "system/tokens_per_sec", "system/examples_per_sec", "samples"} <= train_tags
+    assert {"eval/loss", "eval/accuracy", "eval/perplexity", "eval/bits_per_byte"} <= tags(run_dir / "tb" / "validation")
     assert not (run_dir / "tb" / "graph").exists()  # the model graph is off by default
 
 

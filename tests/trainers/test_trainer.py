@@ -89,4 +89,31 @@ def test_a_causal_lm_logs_validation_bits_per_byte(lm_corpus, tmp_path, capsys):
     assert best["val_loss"] == pytest.approx(min(history["val_loss"]))  # val_loss still picks the best
     accumulator = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tb" / "validation"))
     accumulator.Reload()
-    assert "bits_per_byte" in accumulator.Tags()["tensors"]
+    assert "eval/bits_per_byte" in accumulator.Tags()["tensors"]
+
+
+@pytest.mark.parametrize("progress", ["lines", "bar"])
+def test_progress_lines_or_bar_and_status_lines(lm_corpus, tmp_path, capsys, progress):
+    options = TrainOptions(steps_per_epoch=4, validation_steps=1, jit_compile=False, log_every=2, progress=progress)
+    Trainer(tiny_recipe(lm_corpus), str(tmp_path / "run"), options=options).train()
+    out, err = capsys.readouterr()
+    if progress == "lines":
+        assert [line.split(" - ")[0] for line in out.splitlines()] == ["step 2/4", "step 4/4", "epoch 1/1"]
+    else:  # Keras' bar, redrawn in place
+        assert "━" in out and "\r" in out and "step 2/4" not in out
+    started = [line[len("[zoo] "):-len(" ...")] for line in err.splitlines() if line.endswith(" ...")]
+    assert started == ["preparing data", "building the model", "first training step (tracing)", "validation",
+                       "saving checkpoints/last", "saving checkpoints/best"]
+    assert sum(" ... done in " in line for line in err.splitlines()) == len(started)
+
+
+def test_verbose_0_prints_no_progress_and_no_status(lm_corpus, tmp_path, capsys):
+    options = TrainOptions(steps_per_epoch=2, validation_steps=1, jit_compile=False, log_every=1, verbose=0)
+    Trainer(tiny_recipe(lm_corpus), str(tmp_path / "run"), options=options).train()
+    out, err = capsys.readouterr()
+    assert out == "" and "[zoo]" not in err
+
+
+def test_unknown_progress_mode_lists_the_valid_ones(lm_corpus, tmp_path):
+    with pytest.raises(ValueError, match="auto, bar, lines"):
+        Trainer(tiny_recipe(lm_corpus), str(tmp_path), options=TrainOptions(progress="dots"))
