@@ -11,7 +11,7 @@ takes part (reproduced here with 2 processes on 127.0.0.1, see tests/trainers/):
    and fails with
        ValueError: Attempt to convert a value (PerReplica:{...}) with an unsupported type
        (<class 'tensorflow.python.distribute.values.PerReplica'>) to a Tensor.
-   Fix: for a multi-worker strategy, take this worker's first local replica's batch instead.
+   Fix: take this worker's first local replica's batch instead.
    Shapes and dtypes are all the symbolic build needs, and every replica's batch has the same
    ones; no cross-worker collective is needed for that.
 
@@ -22,18 +22,43 @@ takes part (reproduced here with 2 processes on 127.0.0.1, see tests/trainers/):
    single-worker branch of the same function computes (`tf.reduce_mean(local_results, axis=0)`
    over the stacked replica values).
 
-The patch wraps those two functions at runtime (no file in site-packages is edited) and only
-changes what happens when the strategy is a `MultiWorkerMirroredStrategy` in multi-worker mode;
-every other strategy goes straight to Keras' original code. `apply()` is idempotent.
+The same `strategy.reduce("MEAN", batch)` of point 1 also fails under a single-worker
+`MirroredStrategy` when the batch holds booleans (the encoder models' `padding_mask`): "Value
+for attr 'T' of bool is not in the list of allowed values" (AddN). So the first local replica's
+batch is taken under every strategy with more than one replica.
+
+The patch wraps those two functions at runtime (no file in site-packages is edited); the
+reduction of the logs changes only for a `MultiWorkerMirroredStrategy` in multi-worker mode, the
+symbolic build only with several replicas; everything else goes straight to Keras' original
+code. `apply()` is idempotent.
+
+These are Keras' private internals (the only ones the project touches), checked against
+`TESTED_KERAS`: on another Keras version `apply()` still patches if the names exist, and says so
+in one warning line; if they do not exist it patches nothing and says that instead.
 """
 
+import sys
+
+import keras
 import tensorflow as tf
-from keras.src import tree
-from keras.src.backend.tensorflow import trainer as tf_trainer
+
+# The Keras releases this patch was written for and tested with (setup.py allows keras>=3.15,<4).
+TESTED_KERAS = ("3.15.",)
+
+try:
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    _original_maybe_symbolic_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    _original_reduce_per_replica = tf_trainer.reduce_per_replica
+    tf_trainer._collective_all_reduce_multi_worker  # noqa: B018 - used below; checked here
+    _UNAVAILABLE = None
+except (ImportError, AttributeError) as error:  # a Keras whose internals moved
+    tf_trainer = None
+    _UNAVAILABLE = f"{type(error).__name__}: {error}"
 
 _applied = False
-_original_maybe_symbolic_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
-_original_reduce_per_replica = tf_trainer.reduce_per_replica
+_warned = False
 
 
 def _is_multi_worker(strategy):
@@ -49,7 +74,7 @@ def _first_local_replica(value, strategy):
 
 def _maybe_symbolic_build(self, iterator=None, data_batch=None):
     strategy = self._distribute_strategy
-    if iterator is not None and strategy is not None and _is_multi_worker(strategy):
+    if iterator is not None and strategy is not None and strategy.num_replicas_in_sync > 1:
         for _, _, distributed_iterator in iterator:
             data_batch = tree.map_structure(
                 lambda value: _first_local_replica(value, strategy), next(distributed_iterator)
@@ -66,11 +91,33 @@ def _reduce_per_replica(values, strategy, reduction):
     return _original_reduce_per_replica(values, strategy, reduction)
 
 
+def _warn_once(message):
+    global _warned
+    if not _warned:
+        print(f"Warning: {message}", file=sys.stderr)
+        _warned = True
+
+
 def apply():
-    """Installs the patch into Keras' TensorFlow trainer. Safe to call more than once."""
+    """Installs the patch into Keras' TensorFlow trainer. Safe to call more than once.
+
+    On a Keras outside `TESTED_KERAS` it warns (one line on stderr) that the patch may not
+    apply, or, when the internals it replaces are gone, that it was not applied.
+    """
     global _applied
     if _applied:
         return
+    if _UNAVAILABLE is not None:
+        _warn_once(
+            f"trainers.multi_worker_fix was not applied: Keras {keras.__version__} lacks the internals it patches "
+            f"({_UNAVAILABLE}); multi-worker and mirrored fit may fail (keras-team/keras#20585)."
+        )
+        return
+    if not keras.__version__.startswith(TESTED_KERAS):
+        _warn_once(
+            f"trainers.multi_worker_fix was written for Keras {' or '.join(v + 'x' for v in TESTED_KERAS)}; applied to "
+            f"Keras {keras.__version__}, it may not apply (check keras-team/keras#20585 and tests/trainers/test_strategy.py)."
+        )
     tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
     # `_make_function` looks `reduce_per_replica` up in the module at trace time.
     tf_trainer.reduce_per_replica = _reduce_per_replica

@@ -101,6 +101,7 @@ def get_strategy(name="auto"):
             return _multi_worker_strategy()
         gpus = tf.config.list_logical_devices("GPU")
         if len(gpus) > 1:
+            multi_worker_fix.apply()  # Keras 3.15's symbolic build fails on boolean inputs with >1 replica
             return tf.distribute.MirroredStrategy()
         if len(gpus) == 1:
             return tf.distribute.OneDeviceStrategy("/gpu:0")
@@ -109,6 +110,9 @@ def get_strategy(name="auto"):
         device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
         return tf.distribute.OneDeviceStrategy(device)
     if name == "mirrored":
+        # Keras 3.15's symbolic build reduces a batch across replicas, which fails on boolean
+        # inputs (padding masks) with more than one replica: trainers.multi_worker_fix covers it.
+        multi_worker_fix.apply()
         gpus = tf.config.list_logical_devices("GPU")
         if gpus:
             return tf.distribute.MirroredStrategy()

@@ -56,38 +56,203 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 @keras.saving.register_keras_serializable(package="zoo")
 class AdamW(keras.optimizers.AdamW):
-    """Keras' AdamW whose `global_clipnorm` measures the gradient that every replica's gradients
-    sum to, as one device would.
+    """Keras' AdamW with global-norm clipping of the gradient summed over replicas, and gradient statistics.
 
-    Keras 3 clips in each replica before the gradients are summed across replicas (the clipping
-    step precedes the all-reduce in its TensorFlow optimizer), so under a MirroredStrategy or
-    between workers each replica clipped its own partial gradient: the update differed from one
-    device's whenever clipping was active (measured: losses 2e-4 apart after 12 steps of a
-    1-layer gpt-clm, equal to 6e-8 without clipping). Here the replicas first sum their
-    gradients to measure the norm, then each scales its own by the common factor, so the sum
-    that Keras then forms is the clipped total. It costs one more all-reduce of the gradients
-    per step, only with several replicas and clipping on. (tf.keras 2.2 refused clipping under
-    distribution strategies for this reason: tensorflow/tensorflow#33929.)
+    `global_clipnorm` clips the gradient that every replica's gradients sum to, as one device
+    would. (Keras 3 clips in each replica before the all-reduce, so under a MirroredStrategy or
+    between workers each replica clipped its own partial gradient and the update differed from
+    one device's whenever clipping was active: tf.keras 2.2 refused clipping under distribution
+    strategies for this reason, tensorflow/tensorflow#33929.) Here `apply` measures the norm of
+    the summed gradient (one more all-reduce of the gradients per step, only with several
+    replicas) and scales each replica's gradient by the common factor before Keras sums them.
+    The base class is given no clipping of its own.
+
+    `gradient_accumulation_steps` is implemented here too (the clipping must see the averaged
+    gradient, which Keras forms after its own clipping hook): every call adds the gradients to
+    accumulators, and every `gradient_accumulation_steps`-th call applies their mean. The
+    optimizer state has the layout of Keras' own accumulation (accumulators before the moments),
+    `iterations` counts updates and the learning-rate schedule counts calls, as in Keras. On
+    TensorFlow this needs a single replica (Keras' accumulation fails under MirroredStrategy
+    too).
+
+    Statistics, float32 variables of the optimizer state (saved with it), updated at every
+    applied update (not at accumulation-only calls, not at steps a LossScaleOptimizer skips):
+      - `gradient_norm_sum`: the sum of the global norms of the update's gradient before
+        clipping (summed over replicas, averaged over accumulated calls, loss scale removed);
+      - `clipped_steps`: the number of updates whose norm exceeded `global_clipnorm`;
+      - `last_gradient_norm`: the latest of those norms.
+    They exist once the optimizer is built (None before).
     """
 
-    def _clip_gradients(self, grads):  # Keras' hook between the gradients and the update
-        replica = _replica_context()
-        if not (self.global_clipnorm and self.global_clipnorm > 0) or replica is None or replica.num_replicas_in_sync < 2:
-            return super()._clip_gradients(grads)
+    STATISTICS = ("gradient_norm_sum", "clipped_steps", "last_gradient_norm")
+
+    def __init__(self, *args, global_clipnorm=None, gradient_accumulation_steps=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if global_clipnorm is not None and global_clipnorm < 0:
+            raise ValueError(f"global_clipnorm must be >= 0 (0 or None: no clipping), got {global_clipnorm}.")
+        if global_clipnorm and (self.clipnorm is not None or self.clipvalue is not None):
+            raise ValueError("Only one of clipnorm, clipvalue and global_clipnorm can be set.")
+        if gradient_accumulation_steps is not None and not (
+            isinstance(gradient_accumulation_steps, int) and gradient_accumulation_steps >= 2
+        ):
+            raise ValueError(
+                f"gradient_accumulation_steps must be an integer >= 2 or None, got {gradient_accumulation_steps!r}."
+            )
+        self.max_gradient_norm = float(global_clipnorm) if global_clipnorm else None
+        self.accumulation_steps = gradient_accumulation_steps
+        self.accumulators = None  # one per trainable variable, with accumulation, once built
+        self.variable_positions = {}  # id(trainable variable) -> its position in the build list
+        self.built_for = _Untracked([])  # the trainable variables of the build
+        for name in self.STATISTICS:
+            setattr(self, name, None)
+
+    def build(self, variables):
+        if self.built:
+            return
+        # Accumulators first, then Keras' moments: the order of Keras' own accumulation, so
+        # optimizer states saved before this class accumulated itself still load in place.
+        if self.accumulation_steps:
+            self.accumulators = [self.add_variable_from_reference(v, name="gradient_accumulator") for v in variables]
+        self.variable_positions = {id(v): i for i, v in enumerate(variables)}
+        self.built_for = _Untracked(variables)
+        super().build(variables)
+        # Last, so that states saved before they existed load into the variables before them.
+        for name in self.STATISTICS:
+            setattr(self, name, self.add_variable(
+                shape=(), initializer="zeros", dtype="float32", aggregation="only_first_replica", name=name,
+            ))
+
+    @property
+    def iterations(self):
+        calls = super().iterations
+        if getattr(self, "accumulation_steps", None):
+            return ops.floor_divide(calls, self.accumulation_steps)
+        return calls
+
+    def apply(self, grads, trainable_variables=None):
+        grads = list(grads)
+        if not grads:
+            return
+        if not self.built:
+            if trainable_variables is None:
+                raise ValueError("Pass trainable_variables on the first apply (the optimizer is not built yet).")
+            self.build(list(trainable_variables))
+        if not self.accumulation_steps:
+            return super().apply(self._clip_and_record(grads), trainable_variables)
+        if _replica_count() > 1:
+            raise ValueError(
+                "gradient_accumulation_steps needs a single replica: use a larger per-replica batch under a "
+                "distribution strategy instead."
+            )
+        self._accumulate_or_apply(grads, trainable_variables)
+
+    def get_config(self):
+        config = super().get_config()
+        config["global_clipnorm"] = self.max_gradient_norm
+        config["gradient_accumulation_steps"] = self.accumulation_steps
+        return config
+
+    def load_own_variables(self, store):
+        """Keras' loading, also of a state saved before the gradient statistics existed (they stay 0)."""
+        if self.built and len(store.keys()) == len(self.variables) - len(self.STATISTICS):
+            for i, variable in enumerate(self.variables[: len(store.keys())]):
+                variable.assign(store[str(i)])
+            return
+        super().load_own_variables(store)
+
+    # -- clipping, statistics and accumulation ---------------------------------------------
+
+    def _clip_and_record(self, grads):
+        """`grads` scaled by the common clipping factor; records the statistics."""
+        grads = [None if g is None else _dense(g) for g in grads]
         present = [g for g in grads if g is not None]
-        total = replica.all_reduce("sum", present)
-        norm = ops.sqrt(sum(ops.sum(ops.square(ops.cast(g, "float32"))) for g in total))
-        scale = self.global_clipnorm / ops.maximum(norm, self.global_clipnorm)
+        if _replica_count() > 1:
+            import tensorflow as tf
+
+            present = tf.distribute.get_replica_context().all_reduce("sum", present)
+        norm = ops.sqrt(sum(ops.sum(ops.square(ops.cast(g, "float32"))) for g in present))
+        if self.loss_scale_factor is not None:  # Keras divides the gradients by it after this
+            norm = norm / self.loss_scale_factor
+        self.gradient_norm_sum.assign_add(norm)
+        self.last_gradient_norm.assign(norm)
+        if not self.max_gradient_norm:
+            return grads
+        limit = self.max_gradient_norm
+        self.clipped_steps.assign_add(ops.cast(norm > limit, "float32"))
+        scale = limit / ops.maximum(norm, limit)
         return [None if g is None else g * ops.cast(scale, g.dtype) for g in grads]
 
+    def _accumulate_or_apply(self, grads, trainable_variables):
+        """Adds `grads` to the accumulators; every `accumulation_steps`-th call applies their mean."""
+        if trainable_variables is None:
+            accumulators = self.accumulators
+        else:
+            accumulators = [self.accumulators[self.variable_positions[id(v)]] for v in trainable_variables]
+        steps = self.accumulation_steps
+        calls = super().iterations
+        is_update = ops.equal((calls + 1) % steps, 0)
+        apply = super().apply
 
-def _replica_context():
-    """TensorFlow's replica context inside a distribution strategy's step, else None."""
+        def update():
+            averaged = [None if g is None else (_dense(g) + acc) / steps for g, acc in zip(grads, accumulators)]
+            apply(self._clip_and_record(averaged), trainable_variables)
+            for g, acc in zip(grads, accumulators):
+                if g is not None:
+                    acc.assign(ops.zeros(acc.shape, acc.dtype))
+
+        def accumulate():
+            for g, acc in zip(grads, accumulators):
+                if g is not None:
+                    acc.assign_add(_dense(g))
+            calls.assign_add(1)
+
+        if keras.backend.backend() == "tensorflow":
+            ops.cond(is_update, update, accumulate)
+            return
+        # Elsewhere (JAX's stateless training step) branches cannot assign: run the update,
+        # then keep its results only at an update step.
+        model_variables = self.built_for.variables if trainable_variables is None else list(trainable_variables)
+        state = [v for v in self.variables if v is not calls] + model_variables
+        before = [ops.convert_to_tensor(v) for v in state]
+        count = ops.convert_to_tensor(calls)
+        update()
+        for variable, old in zip(state, before):
+            variable.assign(ops.where(is_update, ops.convert_to_tensor(variable), old))
+        for g, acc in zip(grads, accumulators):
+            if g is not None:
+                current = ops.convert_to_tensor(acc)
+                acc.assign(ops.where(is_update, current, current + g))
+        calls.assign(count + 1)
+
+
+class _Untracked:
+    """Holds the model's variables out of reach of the optimizer's variable tracking (a list
+    attribute would add them to `optimizer.variables`)."""
+
+    def __init__(self, variables):
+        self.variables = list(variables)
+
+
+def _replica_count():
+    """How many replicas compute this step: TensorFlow's replicas in sync inside a distribution
+    strategy's replica context, else 1."""
     if keras.backend.backend() != "tensorflow":
-        return None
+        return 1
     import tensorflow as tf
 
-    return tf.distribute.get_replica_context() if tf.distribute.has_strategy() else None
+    context = tf.distribute.get_replica_context() if tf.distribute.has_strategy() else None
+    return context.num_replicas_in_sync if context is not None else 1
+
+
+def _dense(gradient):
+    """A gradient as a dense tensor (TensorFlow gives embedding lookups IndexedSlices, whose
+    repeated rows must be summed before a norm is taken)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(gradient, tf.IndexedSlices):
+            return tf.convert_to_tensor(gradient)
+    return gradient
 
 
 def make_optimizer(

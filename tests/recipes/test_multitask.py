@@ -8,7 +8,6 @@ import tensorflow as tf
 import recipes
 import recipes.multitask  # noqa: F401 - registers "multitask" (until recipes/__init__ imports it)
 from recipes.base import load_checkpoint
-from zoo.evaluation import evaluate_classifier
 from zoo.models import Encoder, TextClassifier
 from zoo.models.multitask import MultiTaskModel, pcgrad_project
 
@@ -65,9 +64,10 @@ def test_pcgrad_with_three_tasks_projects_against_the_original_gradients():
 # -- the model's PCGrad train step ------------------------------------------------------------
 
 
-def test_pcgrad_train_step_applies_the_summed_projected_gradients():
-    """One SGD step of the model equals a step computed by hand from per-task gradients."""
-    keras.utils.set_random_seed(3)
+def small_model_and_batch(seed=3):
+    """A 1-block MultiTaskModel and one batch of 4 texts whose halves have as many masked tokens
+    (so 2 replicas of 2 rows compute the same mean losses as one device)."""
+    keras.utils.set_random_seed(seed)
     encoder = Encoder(50, 8, num_layers=1, hidden_dim=8, num_heads=2, intermediate_dim=16, dropout=0.0)
     model = MultiTaskModel(encoder, num_classes=3, dropout=0.0)
     rng = np.random.default_rng(0)
@@ -79,6 +79,13 @@ def test_pcgrad_train_step_applies_the_summed_projected_gradients():
     x["clean_token_ids"] = x["token_ids"].copy()
     y = {"mlm": rng.integers(5, 50, size=(4, 2)).astype("int32"), "classification": np.array([0, 1, 2, 1], "int32")}
     sample_weight = {"mlm": np.array([[1, 1], [1, 0], [1, 1], [0, 1]], "float32"), "classification": np.ones(4, "float32")}
+    return model, x, y, sample_weight
+
+
+def test_pcgrad_train_step_applies_the_summed_projected_gradients():
+    """One SGD step of the model equals a step computed by hand from per-task gradients."""
+    model, x, y, sample_weight = small_model_and_batch()
+    encoder = model.encoder
     learning_rate = 0.5
 
     variables = model.trainable_variables
@@ -103,6 +110,177 @@ def test_pcgrad_train_step_applies_the_summed_projected_gradients():
     model.fit(tf.data.Dataset.from_tensors((x, y, sample_weight)), verbose=0)
     for variable, value in zip(variables, expected):
         np.testing.assert_allclose(numpy(variable), value, atol=2e-5, err_msg=variable.path)
+
+
+# -- learned loss weighting ------------------------------------------------------------------
+
+
+class StepLogs(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append({key: float(value) for key, value in logs.items()})
+
+
+def fit_steps(model, x, y, sample_weight, steps):
+    logs = StepLogs()
+    data = tf.data.Dataset.from_tensors((x, y, sample_weight)).repeat(steps)
+    model.fit(data, verbose=0, callbacks=[logs])
+    return logs.steps
+
+
+@pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])  # XLA: ~15-25 s
+def test_uncertainty_weighting_learns_log_variances_and_adds_their_regulariser(jit_compile):
+    model, x, y, sample_weight = small_model_and_batch()
+    rate, weighting_rate = 0.5, 0.1
+    s0 = np.log([2.0, 1.0])  # from loss_weights mlm 0.5, classification 1: weights exp(-s) = 0.5, 1
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        losses = model.task_losses(y, model(x, training=True), sample_weight)
+        weighted = np.exp(-s0[0]) * losses["mlm"] + np.exp(-s0[1]) * losses["classification"]
+    expected_weights = [numpy(v) - rate * numpy(tf.convert_to_tensor(g)) for v, g in zip(variables, tape.gradient(weighted, variables))]
+    task_losses = np.array([numpy(losses["mlm"]), numpy(losses["classification"])])
+
+    model.compile(optimizer=keras.optimizers.SGD(rate), loss_weights={"mlm": 0.5}, loss_weighting="uncertainty",
+                  weighting_learning_rate=weighting_rate, jit_compile=jit_compile)
+    np.testing.assert_allclose(numpy(model.weighting.log_variances), s0, rtol=1e-6)
+    (logs,) = fit_steps(model, x, y, sample_weight, 1)
+    # The logged loss holds the regulariser: sum exp(-s) L + s / 2 (s / 2 sums to 0.35 here).
+    regulariser = 0.5 * s0.sum()
+    assert logs["loss"] == pytest.approx(float(numpy(weighted)) + regulariser, rel=1e-5)
+    # d loss / d s_i = 1/2 - exp(-s_i) L_i, nonzero; s takes one step of weighting_rate against it.
+    gradient = 0.5 - np.exp(-s0) * task_losses
+    assert np.all(np.abs(gradient) > 0.1)
+    s1 = numpy(model.weighting.log_variances)
+    np.testing.assert_allclose(s1, s0 - weighting_rate * gradient, rtol=1e-5, atol=1e-6)
+    assert logs["weight_mlm"] == pytest.approx(np.exp(-s1[0]), rel=1e-5)
+    assert logs["weight_classification"] == pytest.approx(np.exp(-s1[1]), rel=1e-5)
+    # The network took its SGD step on the weighted losses at s0; the log-variances are not its weights.
+    for variable, value in zip(variables, expected_weights):
+        np.testing.assert_allclose(numpy(variable), value, atol=2e-5, err_msg=variable.path)
+    assert all(id(v) not in {id(w) for w in model.trainable_variables} for v in model.weighting.weights)
+
+
+def gradnorm_reference_weights(model, x, y, sample_weight, alpha, rate):
+    """GradNorm's first step by hand: loss ratios are all 1, so each target is the mean G."""
+    shared = model.encoder.blocks[-1].trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+        losses = model.task_losses(y, model(x, training=True), sample_weight)
+    norms = np.array([numpy(tf.linalg.global_norm([tf.convert_to_tensor(g) for g in tape.gradient(losses[t], shared)]))
+                      for t in ("mlm", "classification")])
+    weights = np.ones(2)
+    gradient_norms = weights * norms
+    average = gradient_norms.mean()
+    updated = np.maximum(weights - rate * np.sign(gradient_norms - average) * norms / average, 0.01)
+    return updated * 2 / updated.sum(), norms
+
+
+@pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])  # XLA: ~15-25 s
+def test_gradnorm_weights_follow_the_gradient_norms_and_sum_to_the_task_count(jit_compile):
+    model, x, y, sample_weight = small_model_and_batch()
+    expected, norms = gradnorm_reference_weights(model, x, y, sample_weight, alpha=1.5, rate=0.2)
+    assert abs(norms[0] - norms[1]) > 0.1 * norms.mean(), "the tasks' gradient norms should differ here"
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss_weighting="gradnorm", gradnorm_alpha=1.5,
+                  weighting_learning_rate=0.2, jit_compile=jit_compile)
+    steps = fit_steps(model, x, y, sample_weight, 4)
+    # The task with the larger gradient norm loses weight at the first step.
+    np.testing.assert_allclose([steps[0]["weight_mlm"], steps[0]["weight_classification"]], expected, rtol=1e-4)
+    for logs in steps:
+        assert logs["weight_mlm"] + logs["weight_classification"] == pytest.approx(2.0, rel=1e-6)
+    np.testing.assert_allclose(numpy(model.weighting.gradnorm_weights), [steps[-1]["weight_mlm"], steps[-1]["weight_classification"]], rtol=1e-6)
+    assert numpy(model.weighting.initial_losses).min() > 0  # L_i(0), recorded at the first step
+
+
+@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm"])
+def test_learned_weighting_composes_with_pcgrad_and_reloads(weighting, tmp_path):
+    model, x, y, sample_weight = small_model_and_batch()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss_weighting=weighting, gradient_surgery="pcgrad",
+                  weighting_learning_rate=0.2)
+    before = [numpy(w).copy() for w in model.weighting.weights]
+    steps = fit_steps(model, x, y, sample_weight, 2)
+    assert all(np.isfinite(logs["loss"]) for logs in steps)
+    assert steps[-1]["weight_mlm"] != pytest.approx(1.0) and changed(before, [numpy(w) for w in model.weighting.weights])
+    if weighting == "gradnorm":
+        assert steps[-1]["weight_mlm"] + steps[-1]["weight_classification"] == pytest.approx(2.0, rel=1e-6)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    assert (reloaded.loss_weighting, reloaded.gradient_surgery) == (weighting, "pcgrad")
+    for ours, theirs in zip(model.weighting.weights, reloaded.weighting.weights):
+        np.testing.assert_array_equal(numpy(ours), numpy(theirs))
+
+
+def test_learned_weighting_needs_both_tasks_and_a_known_name():
+    model, *_ = small_model_and_batch()
+    with pytest.raises(ValueError, match="loss_weighting 'uncertain'.*fixed, uncertainty, gradnorm"):
+        model.compile(loss_weighting="uncertain")
+    with pytest.raises(ValueError, match="loss_weights must all be > 0"):
+        model.compile(loss_weighting="gradnorm", loss_weights={"mlm": 0.0})
+
+
+_MIRRORED_WEIGHTING_SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import numpy as np
+sys.path.insert(0, {root!r})
+from tests.recipes.test_multitask import StepLogs, small_model_and_batch
+from trainers import multi_worker_fix
+multi_worker_fix.apply()  # as the trainer does: Keras' symbolic build cannot average the boolean padding_mask
+
+def run(strategy, weighting, surgery):
+    with strategy.scope():
+        model, x, y, sample_weight = small_model_and_batch()
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss_weighting=weighting, gradient_surgery=surgery,
+                      weighting_learning_rate=0.2, jit_compile=False)
+    logs = StepLogs()
+    data = tf.data.Dataset.from_tensors((x, y, sample_weight)).repeat(3).unbatch().batch(4)
+    model.fit(data, verbose=0, callbacks=[logs])
+    return {{"weights": [[s["weight_mlm"], s["weight_classification"]] for s in logs.steps],
+             "loss": [s["loss"] for s in logs.steps],
+             "variables": [np.asarray(keras.ops.convert_to_numpy(v)).ravel().tolist() for v in model.weights],
+             "replicas": strategy.num_replicas_in_sync}}
+
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+results = {{}}
+for weighting in ("uncertainty", "gradnorm"):
+    results[weighting] = {{"single": run(tf.distribute.get_strategy(), weighting, "none"),
+                           "mirrored": run(mirrored, weighting, "none")}}
+# PCGrad projects each replica's own gradients (see MultiTaskModel): not one device's numbers, but it runs.
+results["pcgrad"] = {{weighting: run(mirrored, weighting, "pcgrad") for weighting in ("uncertainty", "gradnorm")}}
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_learned_weighting_under_mirrored_strategy_equals_one_device():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    completed = subprocess.run([sys.executable, "-c", _MIRRORED_WEIGHTING_SCRIPT.format(root=root)], env=env, cwd=root,
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    for weighting, result in results.pop("pcgrad").items():
+        assert result["replicas"] == 2 and np.all(np.isfinite(result["loss"])), weighting
+        assert result["weights"][-1] != pytest.approx([1.0, 1.0]), weighting
+        if weighting == "gradnorm":
+            np.testing.assert_allclose(np.sum(result["weights"], axis=1), 2.0, rtol=1e-6)
+    for weighting, result in results.items():
+        single, mirrored = result["single"], result["mirrored"]
+        assert mirrored["replicas"] == 2 and len(mirrored["weights"]) == 3
+        assert mirrored["weights"][-1] != pytest.approx([1.0, 1.0]), weighting  # the weights moved
+        np.testing.assert_allclose(mirrored["weights"], single["weights"], rtol=1e-4, err_msg=weighting)
+        np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-4, err_msg=weighting)
+        for a, b in zip(mirrored["variables"], single["variables"]):
+            np.testing.assert_allclose(a, b, atol=1e-4, err_msg=weighting)
 
 
 # -- the recipe -------------------------------------------------------------------------------
@@ -192,7 +370,7 @@ def test_checkpoint_reloads_and_the_classifier_view_agrees(csv_recipe, tmp_path)
     np.testing.assert_allclose(numpy(classifier(plain)), numpy(model(x)["classification"]), atol=1e-5)
     # Shift evaluation reads the classification side; on clean text it agrees with Keras' metric.
     test = recipe.examples(split="test")
-    report = evaluate_classifier(model, recipe, {"in_domain": (test.texts, test.labels)})
+    report = recipe.evaluator(model).score({"in_domain": (test.texts, test.labels)})
     (dataset,) = recipe.datasets(splits=("test",))
     keras_accuracy = model.evaluate(dataset, return_dict=True, verbose=0)["classification_accuracy"]
     assert report["sets"]["in_domain"]["accuracy"] == pytest.approx(keras_accuracy, abs=1e-6)
@@ -205,3 +383,5 @@ def test_bad_settings_fail_with_the_valid_values(classification_csv):
         recipes.get("multitask", data=classification_csv, mlm_weight=0.0, classification_weight=0.0)
     with pytest.raises(ValueError, match="classification_input 'raw'"):
         recipes.get("multitask", data=classification_csv, classification_input="raw")
+    with pytest.raises(ValueError, match="loss_weighting 'gradnrom'.*fixed, uncertainty, gradnorm"):
+        recipes.get("multitask", data=classification_csv, loss_weighting="gradnrom")

@@ -41,10 +41,6 @@ import keras_hub
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-# keras-hub's wrapper that converts a preprocessing layer's inputs to tensors and its eager
-# outputs to the backend's types, exactly as `WordPieceTokenizer.tokenize` returns them.
-from keras_hub.src.utils.tensor_utils import preprocessing_function
-
 MAX_CHARS_PER_WORD = 100  # Hugging Face's `max_input_chars_per_word` for BERT checkpoints
 # tf_text's WordPiece limit is in bytes. A word of at most MAX_CHARS_PER_WORD characters has at
 # most 4 bytes per character; longer words never reach it (they are replaced by the unknown
@@ -203,16 +199,21 @@ class BertTokenizer(keras_hub.tokenizers.WordPieceTokenizer):
         self.max_chars_per_word = int(max_chars_per_word)
         self.set_vocabulary(vocabulary)
 
-    def _set_vocabulary_tf(self):
-        self._fast_word_piece = tf_text.FastWordpieceTokenizer(
-            vocab=self.vocabulary,
-            token_out_type=self.compute_dtype,
-            suffix_indicator=self.suffix_indicator,
-            unknown_token=self.oov_token,
-            max_bytes_per_word=BYTES_PER_CHAR * self.max_chars_per_word,
-            no_pretokenization=True,
-            support_detokenization=True,
-        )
+    def set_vocabulary(self, vocabulary):
+        """The base class's, plus the WordPiece this class tokenizes with (words counted in
+        characters before it, see `tokenize`), built here, outside any tf.data pipeline."""
+        super().set_vocabulary(vocabulary)
+        self.bert_word_piece = None
+        if self.vocabulary is not None:
+            self.bert_word_piece = tf_text.FastWordpieceTokenizer(
+                vocab=self.vocabulary,
+                token_out_type=self.compute_dtype,
+                suffix_indicator=self.suffix_indicator,
+                unknown_token=self.oov_token,
+                max_bytes_per_word=BYTES_PER_CHAR * self.max_chars_per_word,
+                no_pretokenization=True,
+                support_detokenization=False,  # `detokenize` is the base class's
+            )
 
     def words(self, text):
         """The normalised, pre-tokenised words of string `[B]` text: ragged `[B, (W)]`."""
@@ -220,13 +221,21 @@ class BertTokenizer(keras_hub.tokenizers.WordPieceTokenizer):
         return pre_tokenize(text)
 
     def tokenize(self, inputs):
-        # Always the TensorFlow path: keras-hub would run its own Python normalisation eagerly.
-        self._check_vocabulary()
-        return self._tokenize_bert(inputs)
+        """Token ids of string `inputs` (`[]` or `[B]`): `[n]` / ragged `[B, (n)]`, or dense with
+        `sequence_length`. Always in TensorFlow ops (keras-hub would run its own Python
+        normalisation eagerly). Eagerly, Python text is accepted and the result is given as
+        keras-hub's tokenizers give it: ragged ids as Python lists, dense ones as the backend's
+        tensors; in a graph (tf.data, tf.function, an export), as TensorFlow tensors."""
+        if self.vocabulary is None:
+            raise ValueError("BertTokenizer has no vocabulary: pass `vocabulary` when creating it.")
+        eager = tf.executing_eagerly()
+        with tf.device("cpu"):
+            if eager and not isinstance(inputs, (tf.Tensor, tf.RaggedTensor)):
+                inputs = _text_tensor(inputs)
+            tokens = self._tokenize_bert(inputs)
+        return _eager_result(tokens) if eager else tokens
 
-    @preprocessing_function
     def _tokenize_bert(self, inputs):
-        self._maybe_initialized_tf()
         if not isinstance(inputs, tf.RaggedTensor):
             inputs = tf.convert_to_tensor(inputs)
         unbatched = inputs.shape.rank == 0
@@ -237,7 +246,7 @@ class BertTokenizer(keras_hub.tokenizers.WordPieceTokenizer):
         # token here, which WordPiece then finds whole in the vocabulary.
         too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > self.max_chars_per_word
         words = words.with_flat_values(tf.where(too_long, self.oov_token, words.flat_values))
-        tokens = self._fast_word_piece.tokenize(words).merge_dims(-2, -1)
+        tokens = self.bert_word_piece.tokenize(words).merge_dims(-2, -1)
         if self.sequence_length:
             output_shape = tokens.shape.as_list()
             output_shape[-1] = self.sequence_length
@@ -252,3 +261,30 @@ class BertTokenizer(keras_hub.tokenizers.WordPieceTokenizer):
         # keras-hub's config leaves split_on_cjk out (a clone would split CJK whatever the original did).
         config.update(split_on_cjk=self.split_on_cjk, max_chars_per_word=self.max_chars_per_word)
         return config
+
+
+def _text_tensor(text):
+    """Python text (a string, or a possibly ragged nested list of them) as a string tensor."""
+    if isinstance(text, (str, bytes)):
+        return tf.constant(text)
+    try:
+        return tf.convert_to_tensor(text, tf.string)
+    except (ValueError, TypeError):
+        return tf.ragged.constant(text, tf.string)
+
+
+def _eager_result(tokens):
+    """Eager tokens as keras-hub's tokenizers return them: ragged as (nested) Python lists,
+    strings decoded, dense numbers as the backend's tensors."""
+    if isinstance(tokens, tf.RaggedTensor) or tokens.dtype == tf.string:
+        values = tokens.to_list() if isinstance(tokens, tf.RaggedTensor) else tokens.numpy().tolist()
+        return _decoded(values) if tokens.dtype == tf.string else values
+    return keras.ops.convert_to_tensor(tokens, dtype=keras.backend.standardize_dtype(tokens.dtype))
+
+
+def _decoded(values):
+    if isinstance(values, bytes):
+        return values.decode("utf-8")
+    if isinstance(values, list):
+        return [_decoded(value) for value in values]
+    return values

@@ -29,7 +29,7 @@ import time
 
 import keras_hub
 import tensorflow as tf
-from keras_hub.src.tokenizers.word_piece_tokenizer import MAX_BYTES_PER_WORD, pretokenize
+import tensorflow_text as tf_text
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
@@ -45,7 +45,22 @@ DEFAULT_MAX_TRAINING_CHARS = 4_000_000
 WORDPIECE_LEARNER = "hf1"
 MIN_FREQUENCY = 2  # a pair of pieces seen fewer times is not merged into a new piece
 MAX_ALPHABET = 1000  # the most frequent characters kept as pieces (each twice: "c" and "##c")
-PRETOKENIZE_BATCH = 256  # texts per call of keras-hub's in-graph pre-tokenisation
+PRETOKENIZE_BATCH = 256  # texts per call of the in-graph word cutter
+# keras-hub's WordPieceTokenizer makes a longer word (in UTF-8 bytes) its unknown token.
+MAX_BYTES_PER_WORD = 100
+
+# The word boundaries of keras-hub's WordPieceTokenizer (`split=True`, `split_on_cjk=True`), which
+# are BERT's (google-research/bert, tokenization.py): whitespace and the invisible control and
+# format characters separate words and are dropped; punctuation (every ASCII character that is
+# not a letter, digit or space, and Unicode's P* categories) and CJK ideographs are words of
+# their own. As RE2 patterns, for tensorflow_text.regex_split.
+_SEPARATOR = r"\s|\p{Cc}|\p{Cf}"
+_PUNCTUATION = r"[!-/:-@\[-`{-~]|\p{P}"
+_CJK_BLOCKS = (
+    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+)
+_CJK = "[" + "".join(f"\\x{{{start:X}}}-\\x{{{end:X}}}" for start, end in _CJK_BLOCKS) + "]"
 
 
 def default_cache_dir():
@@ -74,11 +89,10 @@ def train_tokenizer(
     BPE: `zoo.data.bpe.train_bpe`; the special tokens take ids 0..4, and `lowercase` must be
     False (lowercasing is not lossless).
 
-    WordPiece (`_train_wordpiece`): the texts are cut into words by keras-hub's own in-graph
-    pre-tokenisation, with the options of the tokenizer that will apply the vocabulary (split on
-    whitespace, control characters, punctuation and CJK characters; with `lowercase`, accents
-    stripped and case folded), so the learner counts exactly the words the tokenizer will
-    meet. The vocabulary is the special tokens at ids 0..4; every character seen (at most the
+    WordPiece (`_train_wordpiece`): the texts are cut into words in the graph as the tokenizer
+    that will apply the vocabulary cuts them (`_word_cutter`: split on whitespace, control
+    characters, punctuation and CJK characters; with `lowercase`, accents stripped and case
+    folded), so the learner counts exactly the words the tokenizer will meet. The vocabulary is the special tokens at ids 0..4; every character seen (at most the
     `MAX_ALPHABET` most frequent) both as "c" and as "##c", so that any word made of them
     has a tokenization instead of becoming `[UNK]`; then the pieces of `tokenizers`'
     `WordPieceTrainer` (BPE-style merges, continuing pieces marked "##"), in the order
@@ -193,20 +207,29 @@ def _train_wordpiece(texts, vocabulary_size, lowercase):
     vocabulary = SPECIAL_TOKENS + alphabet + continuing
     known = set(vocabulary)
     vocabulary += [token for token, _ in learned if token not in known]
-    vocabulary = vocabulary[:vocabulary_size]
-    known = set(vocabulary)
-    filler = (f"[unused{i}]" for i in range(vocabulary_size))
-    while len(vocabulary) < vocabulary_size:
-        token = next(filler)
-        if token not in known:
-            vocabulary.append(token)
+    vocabulary = _fill_up(vocabulary[:vocabulary_size], vocabulary_size)
     return _make_tokenizer(vocabulary, lowercase=lowercase, strip_accents=lowercase)
 
 
+def _fill_up(tokens, vocabulary_size):
+    """`tokens` followed by `[unused0]`, `[unused1]`, ... (BERT's fillers; skipping any already
+    there) up to `vocabulary_size` tokens: a corpus too small for the vocabulary still gives a
+    vocabulary of the configured size, so model shapes follow the config."""
+    tokens = list(tokens)
+    known = set(tokens)
+    index = 0
+    while len(tokens) < vocabulary_size:
+        filler = f"[unused{index}]"
+        index += 1
+        if filler not in known:
+            tokens.append(filler)
+    return tokens
+
+
 def _word_counts(texts, lowercase):
-    """{word: count} of `texts` as `_make_tokenizer(..., lowercase=lowercase)` cuts them: by
-    keras-hub's in-graph pre-tokenisation itself. Words over keras-hub's `MAX_BYTES_PER_WORD`
-    are left out (the tokenizer maps them to [UNK] whatever the vocabulary)."""
+    """{word: count} of `texts` as `_make_tokenizer(..., lowercase=lowercase)` cuts them (see
+    `_word_cutter`). Words over `MAX_BYTES_PER_WORD` are left out (the tokenizer maps them to
+    [UNK] whatever the vocabulary)."""
     cut = _word_cutter(lowercase)
     counts = collections.Counter()
     for first in range(0, len(texts), PRETOKENIZE_BATCH):
@@ -218,13 +241,26 @@ def _word_counts(texts, lowercase):
 
 @functools.lru_cache(maxsize=None)
 def _word_cutter(lowercase):
-    """A graph function: a batch of texts -> each text's words joined by newlines (no word holds one)."""
+    """A graph function: a batch of texts -> each text's words joined by newlines (no word holds one).
+
+    The words are those keras-hub's `WordPieceTokenizer` hands to WordPiece with our options
+    (`lowercase` and `strip_accents` both `lowercase`, `split_on_cjk`, special tokens not
+    recognised in text), in its order of steps: a space on each side of every CJK ideograph;
+    when lowercasing, accents stripped (NFD, then the nonspacing marks Mn deleted); the cut at
+    `_SEPARATOR`, `_PUNCTUATION` and `_CJK`, keeping the last two as words; then, when
+    lowercasing, Unicode case folding (so "ß" becomes "ss"). tests/zoo/data/test_tokenizer.py
+    checks the words against that tokenizer's own pieces.
+    """
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def cut(batch):
-        # The arguments `WordPieceTokenizer._tokenize_tf` passes for our tokenizers: split, CJK
-        # characters split, no special-token pattern (special_tokens_in_strings=False).
-        words = pretokenize(batch, lowercase, lowercase, True, True, None)
+        text = tf.strings.regex_replace(batch, _CJK, r" \0 ")
+        if lowercase:
+            text = tf.strings.regex_replace(tf_text.normalize_utf8(text, "NFD"), r"\p{Mn}", "")
+        kept = f"{_PUNCTUATION}|{_CJK}"
+        words = tf_text.regex_split(text, delim_regex_pattern=f"{_SEPARATOR}|{kept}", keep_delim_regex_pattern=kept)
+        if lowercase:
+            words = tf_text.case_fold_utf8(words)
         return tf.strings.reduce_join(words, axis=-1, separator="\n")
 
     return cut
@@ -237,11 +273,8 @@ def _train_bpe(texts, vocabulary_size):
     if [vocabulary.get(token) for token in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
         raise RuntimeError(f"Special tokens not at ids 0..4: {[vocabulary.get(t) for t in SPECIAL_TOKENS]}")
     # A corpus too small for the vocabulary: fill up, as for WordPiece, so shapes follow the config.
-    filler = (f"[unused{i}]" for i in range(vocabulary_size))
-    while len(vocabulary) < vocabulary_size:
-        token = next(filler)
-        if token not in vocabulary:
-            vocabulary[token] = len(vocabulary)
+    for token in _fill_up(vocabulary, vocabulary_size)[len(vocabulary):]:
+        vocabulary[token] = len(vocabulary)
     return bpe.BytePairTokenizer(vocabulary, merges, special_tokens=SPECIAL_TOKENS)
 
 

@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-# See zoo/models/multitask.py: a model that reduces its own loss scales it for tf.distribute.
-from keras.src.losses.loss import scale_loss_for_distribution
+from zoo.models.losses import scale_for_replicas
 
 
 def distillation_losses(labels, student_logits, teacher_logits, alpha=0.5, temperature=2.0):
@@ -58,6 +57,10 @@ class DistillationModel(keras.Model):
     `soft_loss` (T^2 x KL to the teacher). With `alpha=1` the teacher is never run and training
     is exactly plain cross-entropy training of the student: the "student alone" baseline.
 
+    A label of -1 marks a transfer-set text (Hinton et al.'s unlabelled transfer set): it gets the
+    teacher term only, and weight 0 in the metrics (compile them as `weighted_metrics` to leave
+    it out of them).
+
     Args:
         student: a classifier model, `{"token_ids", "padding_mask"}` to logits (e.g. `TextClassifier`).
         teacher: a classifier with the same inputs and number of classes.
@@ -91,19 +94,32 @@ class DistillationModel(keras.Model):
         return self.student(inputs, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Label -1: a transfer-set text without a label, which gets the teacher term only.
+        labelled = ops.cast(ops.greater_equal(y, 0), "float32")
+        y = ops.maximum(y, 0)
         if self.alpha >= 1.0:
-            hard = keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=True)
+            hard = keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=True) * labelled
             loss, soft = hard, ops.zeros_like(hard)
         else:
             teacher_logits = ops.stop_gradient(self.teacher(x, training=False))
-            loss, hard, soft = distillation_losses(y, y_pred, teacher_logits, self.alpha, self.temperature)
+            _, hard, soft = distillation_losses(y, y_pred, teacher_logits, self.alpha, self.temperature)
+            hard = hard * labelled
+            loss = self.alpha * hard + (1.0 - self.alpha) * soft
         weights = ops.ones_like(loss) if sample_weight is None else ops.reshape(ops.cast(sample_weight, loss.dtype), ops.shape(loss))
         total_weight = ops.maximum(ops.sum(weights), 1e-9)
         # Weighted by batch size, as Keras weights the `loss` it logs: the three stay comparable.
         batch_size = ops.shape(loss)[0]
-        self.hard_loss_tracker.update_state(ops.sum(hard * weights) / total_weight, sample_weight=batch_size)
+        labelled_weight = ops.maximum(ops.sum(weights * labelled), 1e-9)  # the label term's mean is over labelled texts
+        self.hard_loss_tracker.update_state(ops.sum(hard * weights) / labelled_weight, sample_weight=batch_size)
         self.soft_loss_tracker.update_state(ops.sum(soft * weights) / total_weight, sample_weight=batch_size)
-        return scale_loss_for_distribution(ops.sum(loss * weights) / total_weight)
+        # A model that reduces its own loss scales it for tf.distribute, as Keras' losses do.
+        return scale_for_replicas(ops.sum(loss * weights) / total_weight)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        # Transfer-set texts (label -1) have no label to score: weight 0 (`weighted_metrics` see it).
+        labelled = ops.cast(ops.greater_equal(y, 0), "float32")
+        weights = labelled if sample_weight is None else ops.reshape(ops.cast(sample_weight, "float32"), ops.shape(labelled)) * labelled
+        return super().compute_metrics(x, ops.maximum(y, 0), y_pred, sample_weight=weights)
 
     def get_config(self):
         return {

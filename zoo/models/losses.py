@@ -15,23 +15,85 @@ for the values only.
 
 Under XLA (`jit_compile=True`) the loss keeps Keras' formula: XLA fuses it into a few loops
 over the logits by itself, and the softmax-and-scatter form would only add passes (measured:
-gpt-clm under XLA 20% slower with it).
+gpt-clm under XLA 20% slower with it). Which one is traced is said by `compiled_with_xla`,
+which the language models (`TokenLossSharing`) open around their train and test steps from
+their `jit_compile`; elsewhere the softmax form is used (right under XLA too, only slower).
+
+Also here: `scale_for_replicas` / `unscale_for_replicas`, for models that reduce their own
+losses under `tf.distribute`, and `recording_token_losses`, through which a model collects the
+per-token values its `SparseCrossEntropy` computed (for `Perplexity`).
 """
+
+import contextlib
+import threading
 
 import keras
 
 # Below this probability at the label, -log(p) is computed from the logits instead.
 _SMALLEST_PROBABILITY = 1e-30
 
+# Per thread (MirroredStrategy traces each replica's step in its own thread): whether the code
+# being traced is compiled by XLA, and the open token-loss recorders.
+_state = threading.local()
+
+
+def _replicas_in_sync():
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def scale_for_replicas(value):
+    """`value` divided by the number of replicas of the current `tf.distribute` strategy (1 elsewhere).
+
+    A model that reduces its own loss must do this, as Keras' loss objects do in their
+    reduction: each replica's gradient is then its share of the global batch's, and the
+    replicas' gradients sum to one device's.
+    """
+    replicas = _replicas_in_sync()
+    return value if replicas == 1 else value * keras.ops.cast(1.0 / replicas, value.dtype)
+
+
+def unscale_for_replicas(value):
+    """The inverse of `scale_for_replicas` (to log the loss of the whole batch)."""
+    replicas = _replicas_in_sync()
+    return value if replicas == 1 else value * keras.ops.cast(replicas, value.dtype)
+
+
+@contextlib.contextmanager
+def compiled_with_xla(enabled=True):
+    """Declares, for this thread, that what is traced inside will (or will not) be compiled by XLA.
+
+    Keras offers no public way to ask while tracing; the model knows (`model.jit_compile`)."""
+    previous = getattr(_state, "xla", False)
+    _state.xla = bool(enabled)
+    try:
+        yield
+    finally:
+        _state.xla = previous
+
 
 def in_xla_function():
-    """True while tracing a `tf.function(jit_compile=True)` (e.g. Keras' train step with XLA on)."""
+    """True inside `compiled_with_xla(True)` in this thread."""
+    return getattr(_state, "xla", False)
+
+
+@contextlib.contextmanager
+def recording_token_losses():
+    """Yields a list to which every `SparseCrossEntropy` that computes plain per-token
+    cross-entropy (from logits, no `ignore_class`, last axis) appends its unreduced values
+    while the block runs in this thread."""
+    recorders = getattr(_state, "recorders", None)
+    if recorders is None:
+        recorders = _state.recorders = []
+    recorded = []
+    recorders.append(recorded)
     try:
-        import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # a TensorFlow without that module: play safe, Keras' formula
-        return True
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+        yield recorded
+    finally:
+        recorders.remove(recorded)
 
 
 def _tf_sparse_cross_entropy(labels, logits):
@@ -68,8 +130,9 @@ class SparseCrossEntropy(keras.losses.SparseCategoricalCrossentropy):
     """`keras.losses.SparseCategoricalCrossentropy`, `from_logits=True` by default, with a
     faster computation of the same values on TensorFlow (see the module's docstring).
 
-    Other backends, XLA, `from_logits=False`, `ignore_class` or another `axis` use Keras' own
-    computation.
+    Other backends, XLA (see `compiled_with_xla`), `from_logits=False`, `ignore_class` or
+    another `axis` use Keras' own computation. Inside `recording_token_losses` the per-token
+    values are also handed to the recorder.
 
     Example:
     >>> loss = SparseCrossEntropy()
@@ -77,23 +140,26 @@ class SparseCrossEntropy(keras.losses.SparseCategoricalCrossentropy):
     0.6931
     """
 
-    def __init__(self, from_logits=True, **kwargs):
-        super().__init__(from_logits=from_logits, **kwargs)
+    def __init__(self, from_logits=True, ignore_class=None, axis=-1, **kwargs):
+        super().__init__(from_logits=from_logits, ignore_class=ignore_class, axis=axis, **kwargs)
+        self.from_logits = from_logits
+        self.ignore_class = ignore_class
+        self.axis = axis
 
-    def _fast(self, y_pred):
-        options = self._fn_kwargs
-        return (
-            keras.backend.backend() == "tensorflow"
-            and options.get("from_logits")
-            and options.get("ignore_class") is None
-            and options.get("axis", -1) in (-1, len(y_pred.shape) - 1)
-            and not in_xla_function()
-        )
+    def plain_cross_entropy(self, y_pred):
+        """Whether `call` gives every token's cross-entropy from logits over the last axis."""
+        return self.from_logits and self.ignore_class is None and self.axis in (-1, len(y_pred.shape) - 1)
 
     def call(self, y_true, y_pred):
-        if not self._fast(y_pred):
-            return super().call(y_true, y_pred)
-        y_true = keras.ops.convert_to_tensor(y_true)
-        if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
-            y_true = keras.ops.squeeze(y_true, -1)
-        return _tf_sparse_cross_entropy(y_true, y_pred)
+        plain = self.plain_cross_entropy(y_pred)
+        if plain and keras.backend.backend() == "tensorflow" and not in_xla_function():
+            y_true = keras.ops.convert_to_tensor(y_true)
+            if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
+                y_true = keras.ops.squeeze(y_true, -1)
+            losses = _tf_sparse_cross_entropy(y_true, y_pred)
+        else:
+            losses = super().call(y_true, y_pred)
+        if plain:
+            for recorded in getattr(_state, "recorders", ()):
+                recorded.append(losses)
+        return losses

@@ -5,13 +5,24 @@ the per-token cross-entropy its loss computed to its `Perplexity` metrics, which
 compute it again over every logit.
 """
 
-import contextlib
 import threading
 
 import keras
 from keras import ops
 
-from zoo.models.losses import in_xla_function
+from zoo.models.losses import SparseCrossEntropy, compiled_with_xla, in_xla_function, recording_token_losses
+
+# Per thread, the (y_pred, per-token losses) a TokenLossSharing model's last `compute_loss`
+# computed, until its `compute_metrics` ends. Per thread because MirroredStrategy traces each
+# replica's step in its own thread and switches between them at the gradient all-reduce,
+# between the two calls.
+_shared = threading.local()
+
+
+def shared_token_losses(y_pred):
+    """The per-token cross-entropy of `y_pred` that the model's loss already computed, else None."""
+    entry = getattr(_shared, "entry", None)
+    return entry[1] if entry is not None and entry[0] is y_pred else None
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -21,20 +32,19 @@ class Perplexity(keras.metrics.Metric):
     Sample weights (e.g. MLM mask weights) weight each token; zero-weight tokens do not count.
 
     In a model that mixes in `TokenLossSharing` (`CausalLM`, `MaskedLM`) and is compiled with
-    `SparseCategoricalCrossentropy(from_logits=True)`, `fit` and `evaluate` hand this metric
-    the per-token cross-entropy the loss already computed, so it costs two weighted sums
-    instead of a second softmax over `[batch, sequence, vocabulary]` logits. The value is the
-    same: the same op on the same labels and logits.
+    `zoo.models.SparseCrossEntropy()` (from logits), `fit` and `evaluate` hand this metric the
+    per-token cross-entropy the loss already computed (`shared_token_losses`), so it costs two
+    weighted sums instead of a second softmax over `[batch, sequence, vocabulary]` logits. The
+    value is the same: the same op on the same labels and logits.
     """
 
     def __init__(self, name="perplexity", **kwargs):
         super().__init__(name=name, **kwargs)
         self.total_loss = self.add_variable(shape=(), initializer="zeros", name="total_loss")
         self.total_weight = self.add_variable(shape=(), initializer="zeros", name="total_weight")
-        self._given_token_losses = None  # set by TokenLossSharing around one update
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        losses = self._given_token_losses
+        losses = shared_token_losses(y_pred)
         if losses is None:
             losses = keras.losses.sparse_categorical_crossentropy(y_true, ops.cast(y_pred, "float32"), from_logits=True)
         weights = ops.ones_like(losses) if sample_weight is None else ops.cast(sample_weight, "float32")
@@ -95,92 +105,56 @@ class SparseAccuracy(keras.metrics.MeanMetricWrapper):
         return {"name": self.name, "dtype": self.dtype}
 
 
-class _TokenLossSlots:
-    """Per-thread (y_pred, per-token losses) of the last `compute_loss`. Thread-keyed because
-    MirroredStrategy traces each replica's step in its own thread and switches threads at the
-    gradient all-reduce, between `compute_loss` and `compute_metrics`. Not a dict attribute of
-    the model: Keras would wrap it for tracking."""
-
-    def __init__(self):
-        self.by_thread = {}
-
-
-@contextlib.contextmanager
-def _recording_losses(loss_fn):
-    """While active, every unreduced loss tensor `loss_fn` computes is appended to the yielded list.
-
-    `Loss.__call__` computes `self.call(y_true, y_pred)` (per-token values) and then reduces
-    them; wrapping `call` on the instance keeps Keras' own loss computation untouched.
-    """
-    recorded = []
-    call = loss_fn.call
-
-    def recording_call(y_true, y_pred):
-        losses = call(y_true, y_pred)
-        recorded.append(losses)
-        return losses
-
-    loss_fn.call = recording_call
-    try:
-        yield recorded
-    finally:
-        del loss_fn.call  # back to the class's method
-
-
 class TokenLossSharing:
     """Mixin for a single-output language model (before `keras.Model` in the bases): its
-    `Perplexity` metrics reuse the per-token cross-entropy of the compiled loss.
+    `Perplexity` metrics reuse the per-token cross-entropy of the compiled loss, and its
+    `SparseCrossEntropy` and `SparseAccuracy` know whether they are traced for XLA.
 
-    Applies on the TensorFlow backend when the model is compiled with a
-    `keras.losses.SparseCategoricalCrossentropy(from_logits=True)` instance (no `ignore_class`)
-    as its one loss. `compute_loss` records the loss's unreduced per-token values (Keras still
-    computes and reduces the loss itself), and `compute_metrics` lends them to every
-    `Perplexity` among the compiled metrics for that update. Otherwise, or if anything does not
-    match (another backend, a custom train step), `Perplexity` computes the cross-entropy
-    itself. Under MirroredStrategy each replica's metrics get that replica's losses, and the
-    metric variables are summed across replicas as before.
+    Sharing applies on the TensorFlow backend when the model is compiled with a
+    `SparseCrossEntropy` that gives plain per-token cross-entropy (from logits, no
+    `ignore_class`) as its one loss: `compute_loss` records the loss's unreduced values (Keras
+    still computes and reduces the loss itself) and publishes them until `compute_metrics`
+    ends, for every `Perplexity` that is given the same `y_pred`. Otherwise (another loss,
+    another backend, a custom train step) `Perplexity` computes the cross-entropy itself.
+    Under MirroredStrategy each replica's metrics get that replica's losses, and the metric
+    variables are summed across replicas as before.
+
+    The train and test steps run inside `compiled_with_xla(model.jit_compile)`, so the loss and
+    `sparse_accuracy` trace the form that is faster with or without XLA.
     """
+
+    def _compiled_with_xla(self):
+        return compiled_with_xla(bool(self.jit_compile) and not self.run_eagerly)
+
+    def train_step(self, *args, **kwargs):
+        with self._compiled_with_xla():
+            return super().train_step(*args, **kwargs)
+
+    def test_step(self, *args, **kwargs):
+        with self._compiled_with_xla():
+            return super().test_step(*args, **kwargs)
 
     def _shareable_loss(self):
         loss = getattr(self, "loss", None)
-        if keras.backend.backend() != "tensorflow" or not isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
-            return None
-        config = loss.get_config()
-        if not config.get("from_logits") or config.get("ignore_class") is not None or config.get("axis", -1) != -1:
+        if keras.backend.backend() != "tensorflow" or not isinstance(loss, SparseCrossEntropy):
             return None
         return loss
 
-    def _token_loss_slots(self):
-        slots = getattr(self, "_token_losses_by_thread", None)
-        if slots is None:
-            slots = _TokenLossSlots()
-            self._token_losses_by_thread = slots
-        return slots.by_thread
-
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss_fn = self._shareable_loss()
-        if loss_fn is None:
+        _shared.entry = None
+        if self._shareable_loss() is None:
             return super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        with _recording_losses(loss_fn) as recorded:
+        with recording_token_losses() as recorded:
             loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
         if len(recorded) == 1:
-            self._token_loss_slots()[threading.get_ident()] = (y_pred, recorded[0])
+            _shared.entry = (y_pred, recorded[0])
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        recorded = self._token_loss_slots().pop(threading.get_ident(), None)
-        perplexities = []
-        if recorded is not None and recorded[0] is y_pred and self._compile_metrics is not None:
-            if not self._compile_metrics.built:  # it builds on its first update; we need its metrics now
-                self._compile_metrics.build(y, y_pred)
-            perplexities = [m for m in self._compile_metrics.metrics if isinstance(m, Perplexity)]
-        for metric in perplexities:
-            metric._given_token_losses = recorded[1]
         try:
             return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         finally:
-            for metric in perplexities:
-                metric._given_token_losses = None
+            _shared.entry = None
 
 
 @keras.saving.register_keras_serializable(package="zoo")

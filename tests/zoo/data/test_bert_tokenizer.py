@@ -590,6 +590,24 @@ def test_refuses_options_it_cannot_honour(tokenizer):
         BertTokenizer(vocabulary, special_tokens_in_strings=True, special_tokens=["[MASK]"])
 
 
+def test_outputs_take_keras_hubs_forms(tokenizer, reference):
+    """Eagerly: ragged ids as Python lists, a single text's as a list, padded ids as a tensor; in
+    a graph, TensorFlow tensors; like keras-hub's own WordPieceTokenizer."""
+    texts = ["Hello, world!", "Straße"]
+    expected = reference_ids(reference, texts)
+    assert tokenizer(texts) == expected and tokenizer(tuple(texts)) == expected
+    single = tokenizer(texts[0])  # one text: a dense [n] tensor
+    assert isinstance(single, tf.Tensor) and single.numpy().tolist() == expected[0]
+    padded = BertTokenizer(tokenizer.get_vocabulary(), sequence_length=8)
+    dense = padded(texts)
+    assert isinstance(dense, tf.Tensor) and dense.shape == (2, 8)
+    assert dense.numpy().tolist() == [ids + [0] * (8 - len(ids)) for ids in expected]
+    graph = tf.function(lambda batch: tokenizer(batch))(tf.constant(texts))
+    assert isinstance(graph, tf.RaggedTensor) and graph.to_list() == expected
+    with pytest.raises(ValueError, match="no vocabulary"):
+        BertTokenizer()(texts)
+
+
 def test_savedmodel_ids_in_a_fresh_process_under_a_turkish_locale(tokenizer, reference, tmp_path):
     """The tokenizer exported as keras' ExportArchive exports it (zoo/export.py), called in a
     process without Keras or the zoo whose ICU locale is Turkish (where "I" lowercases to "ı")."""

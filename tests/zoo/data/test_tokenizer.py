@@ -115,6 +115,37 @@ def test_learner_counts_the_words_the_tokenizer_meets():
     }
 
 
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_learner_cuts_words_exactly_where_keras_hubs_tokenizer_does(lowercase):
+    # keras-hub's WordPieceTokenizer over a vocabulary of exactly the words the learner cut: if
+    # both cut alike, each word comes back whole, as one piece (and words over 100 bytes as [UNK]).
+    texts = ROUND_TRIP_TEXTS + [
+        "tab\tnew\nline\r\x0bcr\x7fdel\u200bzwsp\u00adshy\ufeffbom a\u00a0b\u3000c x\u2028y",
+        "¡¿«»‹›‐–—―‖′″‴⁂⁑⸮؟، ¶§†‡•‣※ ^`$+<=>|~ ©®°±µ·×÷ ①②③ ¼½¾ ™ ½",
+        "ÀÉÎÕÜ ǅǈǋ ﬁﬂ ẞß İıĲĳ ΣΆΈ ДЖЯ ǰ ŉ Ǆ",  # case folding and decompositions
+        "e\u0301 a\u0308 n\u0303 \u0915\u093f \u0e01\u0e34 \u05d0\u05b8",  # combining marks, Devanagari, Thai, Hebrew
+        "日本語 中文 한국어 𠀀𪜀𫝀𫠠𬺰 丽 豈",  # CJK blocks, extensions, compatibility; Hangul is not CJK here
+        "ж" * 50 + " " + "ж" * 51 + " " + "x" * 100 + " " + "x" * 101,  # 100 / 102 / 100 / 101 bytes
+    ]
+    words = tokenizers._word_cutter(lowercase)(tf.constant(texts)).numpy()
+    words = [[w for w in joined.decode("utf-8").split("\n") if w] for joined in words]
+    vocabulary = tokenizers._fill_up(tokenizers.SPECIAL_TOKENS + sorted({w for ws in words for w in ws}), 0)
+    reference = keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=vocabulary, lowercase=lowercase, strip_accents=lowercase, split_on_cjk=True, dtype="string",
+        special_tokens=tokenizers.SPECIAL_TOKENS, special_tokens_in_strings=False,
+    )
+    pieces = tf.function(lambda batch: reference(batch))(tf.constant(texts)).to_list()
+    expected = [[w if len(w.encode("utf-8")) <= tokenizers.MAX_BYTES_PER_WORD else "[UNK]" for w in ws] for ws in words]
+    assert [[p.decode("utf-8") for p in row] for row in pieces] == expected
+    assert expected[-1] == ["ж" * 50, "[UNK]", "x" * 100, "[UNK]"]  # 100 bytes pass, 102 and 101 do not
+    assert any(len(row) > 40 for row in words)  # the punctuation line is cut into single marks
+
+
+def test_fill_up_adds_unused_tokens_not_already_there():
+    assert tokenizers._fill_up(["a", "[unused1]"], 5) == ["a", "[unused1]", "[unused0]", "[unused2]", "[unused3]"]
+    assert tokenizers._fill_up(["a", "b"], 2) == ["a", "b"]
+
+
 def test_held_out_code_has_few_unknown_tokens(tokenizer):
     # Learned from 12 modules, applied (in the graph) to modules of the test split: every
     # character of the training text is a piece, so only characters never seen become [UNK].

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from zoo.models.losses import SparseCrossEntropy
+from zoo.models.losses import SparseCrossEntropy, compiled_with_xla, scale_for_replicas, unscale_for_replicas
 
 VOCAB = 37
 
@@ -43,7 +43,8 @@ def loss_and_gradient(loss_fn, logits, labels, weights, jit_compile=False):
             loss = loss_fn(labels, logits, sample_weight=weights)
         return loss, tape.gradient(loss, logits)
 
-    loss, gradient = run(tf.constant(logits))
+    with compiled_with_xla(jit_compile):  # traced here, as a model's step declares it
+        loss, gradient = run(tf.constant(logits))
     return float(loss), gradient.numpy()
 
 
@@ -115,8 +116,52 @@ def test_serialises_and_trains_a_model():
 def test_softmax_form_without_xla_keras_form_under_xla(jit_compile):
     logits, labels, _ = data()
     function = tf.function(lambda z: SparseCrossEntropy()(labels, z), jit_compile=jit_compile)
-    graph = function.get_concrete_function(tf.TensorSpec(logits.shape, tf.float32)).graph
+    with compiled_with_xla(jit_compile):
+        graph = function.get_concrete_function(tf.TensorSpec(logits.shape, tf.float32)).graph
     op_types = {op.type for op in graph.get_operations()}
     # Without XLA: a softmax, and TensorFlow's fused kernel only inside the rare-case branch.
     assert ("Softmax" in op_types) != jit_compile
     assert ("SparseSoftmaxCrossEntropyWithLogits" in op_types) == jit_compile
+
+
+def test_the_xla_declaration_is_scoped():
+    logits, labels, _ = data()
+    loss = SparseCrossEntropy(reduction=None)
+    trace = lambda: {op.type for op in tf.function(lambda z: loss(labels, z)).get_concrete_function(
+        tf.TensorSpec(logits.shape, tf.float32)).graph.get_operations()}
+    with compiled_with_xla(True):
+        with compiled_with_xla(False):
+            assert "Softmax" in trace()
+        assert "Softmax" not in trace()
+    assert "Softmax" in trace()  # undeclared: the softmax form, right under XLA too
+
+
+_REPLICAS_SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {root!r})
+from zoo.models.losses import scale_for_replicas, unscale_for_replicas
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+step = tf.function(lambda: (scale_for_replicas(tf.constant(6.0)), unscale_for_replicas(tf.constant(6.0))))
+scaled, unscaled = strategy.run(step)
+print(json.dumps([[float(v) for v in strategy.experimental_local_results(t)] for t in (scaled, unscaled)]))
+"""
+
+
+@pytest.mark.slow
+def test_replica_scaling_divides_by_the_replicas_in_sync():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert float(scale_for_replicas(tf.constant(6.0))) == 6.0 == float(unscale_for_replicas(tf.constant(6.0)))
+    root = str(Path(__file__).resolve().parents[3])
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    completed = subprocess.run([sys.executable, "-c", _REPLICAS_SCRIPT.format(root=root)], env=env, cwd=root,
+                               capture_output=True, text=True, timeout=180)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads(completed.stdout.strip().splitlines()[-1]) == [[3.0, 3.0], [12.0, 12.0]]

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from zoo.models import CausalLM, Decoder, Encoder, MaskedLM, Perplexity
+from zoo.models import CausalLM, Decoder, Encoder, MaskedLM, Perplexity, SparseCrossEntropy
 
 VOCAB = 50
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -35,7 +35,7 @@ def compiled_causal_lm(weighted=True):
     keras.utils.set_random_seed(0)
     model = CausalLM(Decoder(VOCAB, 16, num_layers=1, hidden_dim=16, num_heads=2, intermediate_dim=32))
     perplexity = {"weighted_metrics" if weighted else "metrics": [Perplexity()]}
-    model.compile("sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **perplexity)
+    model.compile("sgd", loss=SparseCrossEntropy(), **perplexity)
     return model
 
 
@@ -79,7 +79,7 @@ def test_masked_lm_perplexity_over_the_masked_tokens(monkeypatch):
     rng = np.random.default_rng(2)
     keras.utils.set_random_seed(0)
     model = MaskedLM(Encoder(VOCAB, 16, num_layers=1, hidden_dim=16, num_heads=2, intermediate_dim=32, dropout=0.0))
-    model.compile("sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), weighted_metrics=[Perplexity()])
+    model.compile("sgd", loss=SparseCrossEntropy(), weighted_metrics=[Perplexity()])
     x = {
         "token_ids": rng.integers(5, VOCAB, (6, 16)).astype("int32"),
         "padding_mask": np.ones((6, 16), bool),
@@ -95,15 +95,42 @@ def test_masked_lm_perplexity_over_the_masked_tokens(monkeypatch):
     assert result["perplexity"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_a_loss_with_other_per_token_values_leaves_perplexity_computing_its_own():
-    # With ignore_class the loss's per-token values are not every token's cross-entropy.
+@pytest.mark.parametrize("loss", [
+    SparseCrossEntropy(ignore_class=0),  # its per-token values are not every token's cross-entropy
+    keras.losses.SparseCategoricalCrossentropy(from_logits=True),  # not ours: nothing is recorded
+])
+def test_other_losses_leave_perplexity_computing_its_own(loss, monkeypatch):
     ids, labels, weights = causal_lm_data(3)
     model = compiled_causal_lm()
-    model.compile("sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
-                  weighted_metrics=[Perplexity()])
+    model.compile("sgd", loss=loss, weighted_metrics=[Perplexity()])
+    computed = []
+    original = keras.losses.sparse_categorical_crossentropy
+
+    def counting(*args, **kwargs):
+        computed.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(keras.losses, "sparse_categorical_crossentropy", counting)
     result = model.evaluate(ids, labels, sample_weight=weights, batch_size=3, verbose=0, return_dict=True)
+    assert computed, "Perplexity should have computed the cross-entropy itself"
     expected = numpy_perplexity(keras.ops.convert_to_numpy(model(ids)), labels, weights)
     assert result["perplexity"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_the_loss_traces_the_form_of_the_models_jit_compile(jit_compile):
+    # The model opens compiled_with_xla(jit_compile) around its steps: the softmax-and-scatter
+    # form without XLA (TensorFlow's fused kernel only inside its rare-case branch), Keras'
+    # formula (the fused kernel itself) under XLA.
+    import tensorflow as tf
+
+    ids, labels, _ = causal_lm_data(4)
+    model = compiled_causal_lm()
+    model.compile("sgd", loss=SparseCrossEntropy(), weighted_metrics=[Perplexity()], jit_compile=jit_compile)
+    model.evaluate(ids[:4], labels[:4], verbose=0)  # builds the model and its metrics
+    step = tf.function(lambda x, y: model.test_step((x, y)))
+    graph = step.get_concrete_function(tf.TensorSpec((4, 16), tf.int32), tf.TensorSpec((4, 16), tf.int32)).graph
+    assert ("SparseSoftmaxCrossEntropyWithLogits" in {op.type for op in graph.get_operations()}) == jit_compile
 
 
 # -- MirroredStrategy: each replica's metric gets its own replica's losses ----------------------
