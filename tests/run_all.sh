@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: the whole suite on the TensorFlow backend, then the layer tests on JAX
-# (the layers must stay backend-agnostic). Extra arguments go to the first pytest run.
+# The test command: the whole suite on the TensorFlow backend, then the layers, models and
+# generation on JAX (they must stay backend-agnostic; tests that drive TensorFlow itself skip
+# there, see tests/zoo/models/conftest.py). Extra arguments go to the first pytest run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
@@ -12,4 +13,4 @@ workers=${ZOO_TEST_WORKERS:-2}
 parallel=()
 [ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)
 "$python" -m pytest "${parallel[@]}" tests "$@"
-KERAS_BACKEND=jax "$python" -m pytest "${parallel[@]}" -q tests/zoo/layers
+KERAS_BACKEND=jax "$python" -m pytest "${parallel[@]}" -q tests/zoo/layers tests/zoo/models

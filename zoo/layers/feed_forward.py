@@ -79,6 +79,12 @@ class FeedForward(keras.layers.Layer):
         self.output_dense.build(tuple(inputs_shape[:-1]) + (self.intermediate_dim,))
         self.built = True
 
+    def projections(self):
+        """The Dense sublayers by name: `intermediate`, `gate` (swiglu only), `output`. What LoRA
+        adapts (`zoo.models.lora`)."""
+        layers = {"intermediate": self.intermediate_dense, "gate": self.gate_dense, "output": self.output_dense}
+        return {name: layer for name, layer in layers.items() if layer is not None}
+
     def call(self, inputs, training=None):
         hidden = self.intermediate_dense(inputs)
         if self.activation == "swiglu":

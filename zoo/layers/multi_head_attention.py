@@ -1,5 +1,6 @@
 """Multi-head attention with a fused QKV projection, masks, grouped-query heads, RoPE and a KV cache."""
 
+import functools
 import math
 
 import keras
@@ -12,6 +13,18 @@ from zoo.layers.rotary_embedding import RotaryEmbedding
 # large finite value cannot overflow even under a float16 compute policy.
 _MASKED_SCORE = -1e9
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "fused", "einsum")
+
+
+@functools.cache
+def fused_attention_is_faster():
+    """Whether `attention_implementation="auto"` picks `keras.ops.dot_product_attention`: on
+    JAX with a GPU (cuDNN flash attention). Elsewhere (TensorFlow, CPUs) the einsum path is
+    as fast or faster."""
+    if keras.backend.backend() != "jax":
+        return False
+    return any(device.startswith(("gpu", "cuda")) for device in keras.distribution.list_devices())
+
 
 @keras.saving.register_keras_serializable(package="zoo")
 class MultiHeadAttention(keras.layers.Layer):
@@ -21,9 +34,14 @@ class MultiHeadAttention(keras.layers.Layer):
     a single matmul instead of three. Cross-attention (`value` given) projects the queries from
     `query` and fused keys/values from `value`.
 
-    Weights: `qkv_kernel [hidden, heads + 2 * kv_heads, head_dim]` (self-attention) or
-    `query_kernel [hidden, heads, head_dim]` and `key_value_kernel [value_hidden, 2 * kv_heads,
-    head_dim]` (cross-attention), then `output_kernel [heads, head_dim, output_dim]`.
+    The projections are `keras.layers.EinsumDense` sublayers, so Keras' `enable_lora(rank)` and
+    `quantize("int8")` apply to them:
+    - self-attention: `query_key_value` (kernel `[hidden, heads + 2 * kv_heads, head_dim]`:
+      the query heads, then the key heads, then the value heads; bias `[heads + 2 * kv_heads,
+      head_dim]`);
+    - cross-attention: `query` (kernel `[hidden, heads, head_dim]`) and `key_value` (kernel
+      `[value_hidden, 2 * kv_heads, head_dim]`);
+    - both: `output` (kernel `[heads, head_dim, output_dim]`, bias `[output_dim]`).
 
     Args:
         num_heads: number of query heads.
@@ -39,8 +57,13 @@ class MultiHeadAttention(keras.layers.Layer):
         output_dim: size of the output features; defaults to the query's hidden size.
         kernel_initializer, bias_initializer: initialisers for the projections. Each weight
             gets its own clone, seeded from this one's seed and the weight's name.
-        output_kernel_initializer: initialiser of `output_kernel` (GPT-2 scales the
-            projections into the residual stream down); defaults to `kernel_initializer`.
+        output_kernel_initializer: initialiser of the output projection's kernel (GPT-2 scales
+            the projections into the residual stream down); defaults to `kernel_initializer`.
+        attention_implementation: "einsum" (einsums with a float32 softmax), "fused"
+            (`keras.ops.dot_product_attention`: flash attention on JAX with a GPU), or "auto"
+            (fused on JAX with a GPU, einsum elsewhere, where it is as fast or faster). Both
+            give the same numbers; attention dropout exists only on the einsum path, so
+            training steps with `dropout > 0` take it whatever this says.
 
     Call arguments:
         query: `[batch, target_length, hidden]`.
@@ -75,6 +98,7 @@ class MultiHeadAttention(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         output_kernel_initializer=None,
+        attention_implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -82,6 +106,11 @@ class MultiHeadAttention(keras.layers.Layer):
         if num_heads % num_key_value_heads:
             raise ValueError(
                 f"num_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})."
+            )
+        if attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"Unknown attention_implementation {attention_implementation!r}; "
+                f"expected one of {', '.join(ATTENTION_IMPLEMENTATIONS)}."
             )
         self.num_heads = num_heads
         self.key_dim = key_dim
@@ -97,9 +126,23 @@ class MultiHeadAttention(keras.layers.Layer):
         self.output_kernel_initializer = (
             None if output_kernel_initializer is None else keras.initializers.get(output_kernel_initializer)
         )
+        self.attention_implementation = attention_implementation
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
         self.rotary_embedding = (
             RotaryEmbedding(max_wavelength=rotary_max_wavelength, dtype=self.dtype_policy) if use_rotary else None
+        )
+
+    def _projection(self, name, seed_name, equation, output_shape, bias_axes, kernel_initializer=None):
+        # The initialisers are cloned under the names the weights had when they were the
+        # layer's own (`qkv_kernel`, ...): the same seed draws the same values as before.
+        return keras.layers.EinsumDense(
+            equation,
+            output_shape,
+            bias_axes=bias_axes if self.use_bias else None,
+            kernel_initializer=clone_initializer(kernel_initializer or self.kernel_initializer, f"{seed_name}_kernel"),
+            bias_initializer=clone_initializer(self.bias_initializer, f"{seed_name}_bias"),
+            dtype=self.dtype_policy,
+            name=name,
         )
 
     def build(self, query_shape, value_shape=None):
@@ -107,51 +150,63 @@ class MultiHeadAttention(keras.layers.Layer):
         self.head_dim = self.key_dim or hidden_dim // self.num_heads
         self.is_cross_attention = value_shape is not None
         heads, kv_heads, head_dim = self.num_heads, self.num_key_value_heads, self.head_dim
-
-        def kernel(name, shape, initializer=self.kernel_initializer):
-            return self.add_weight(name=name, shape=shape, initializer=clone_initializer(initializer, name))
-
-        def bias(name, shape):
-            if not self.use_bias:
-                return None
-            return self.add_weight(name=name, shape=shape, initializer=clone_initializer(self.bias_initializer, name))
-
+        sequence_shape = (None, None)
         if self.is_cross_attention:
-            self.query_kernel = kernel("query_kernel", (hidden_dim, heads, head_dim))
-            self.query_bias = bias("query_bias", (heads, head_dim))
-            self.key_value_kernel = kernel("key_value_kernel", (value_shape[-1], 2 * kv_heads, head_dim))
-            self.key_value_bias = bias("key_value_bias", (2 * kv_heads, head_dim))
+            self.query_dense = self._projection("query", "query", "btd,dnh->btnh", (None, heads, head_dim), "nh")
+            self.query_dense.build(sequence_shape + (hidden_dim,))
+            self.key_value_dense = self._projection(
+                "key_value", "key_value", "bsd,dnh->bsnh", (None, 2 * kv_heads, head_dim), "nh"
+            )
+            self.key_value_dense.build(sequence_shape + (value_shape[-1],))
         else:
-            self.qkv_kernel = kernel("qkv_kernel", (hidden_dim, heads + 2 * kv_heads, head_dim))
-            self.qkv_bias = bias("qkv_bias", (heads + 2 * kv_heads, head_dim))
+            self.query_key_value_dense = self._projection(
+                "query_key_value", "qkv", "btd,dnh->btnh", (None, heads + 2 * kv_heads, head_dim), "nh"
+            )
+            self.query_key_value_dense.build(sequence_shape + (hidden_dim,))
         output_dim = self.output_dim or hidden_dim
-        self.output_kernel = kernel(
-            "output_kernel", (heads, head_dim, output_dim), self.output_kernel_initializer or self.kernel_initializer
+        self.output_dense = self._projection(
+            "output", "output", "btnh,nhd->btd", (None, output_dim), "d", self.output_kernel_initializer
         )
-        self.output_bias = bias("output_bias", (output_dim,))
+        self.output_dense.build(sequence_shape + (heads, head_dim))
         self.built = True
 
+    def load_own_variables(self, store):
+        if len(store.keys()):
+            raise ValueError(
+                f"{self.name}: this checkpoint holds the attention weights as the layer's own variables, "
+                "as the zoo saved them before its projections became keras.layers.EinsumDense sublayers; "
+                "it does not load into this version."
+            )
+
+    def projections(self):
+        """The projection sublayers by name: `query_key_value` (or `query` and `key_value` for
+        cross-attention) and `output`. What LoRA adapts (`zoo.models.lora`). (A method, not a
+        property: Keras' saving walks properties, and would file the layers under this name.)"""
+        if self.is_cross_attention:
+            return {"query": self.query_dense, "key_value": self.key_value_dense, "output": self.output_dense}
+        return {"query_key_value": self.query_key_value_dense, "output": self.output_dense}
+
     @staticmethod
-    def _project(x, kernel, bias):
-        if x.shape[0] == 1 and x.shape[1] == 1:
+    def _project(dense, x):
+        if x.shape[0] == 1 and x.shape[1] == 1 and dense.quantization_mode is None:
             # One token of one sequence (greedy decoding of a single prompt): a vector-matrix
             # product. XLA on CPU fuses the einsum's kernel reshape into it and emits a naive
             # loop that walks the kernel column by column; multiply-and-sum over the kernel's
             # first axis walks it row by row instead (generation 1.25x faster at batch 1).
-            y = ops.sum(x[:, :, :, None, None] * kernel, axis=2)
-        else:
-            y = ops.einsum("btd,dnh->btnh", x, kernel)
-        return y if bias is None else y + bias
+            # `dense.kernel` has any LoRA update folded in; a quantised layer computes itself.
+            y = ops.sum(x[:, :, :, None, None] * dense.kernel, axis=2)
+            return y if dense.bias is None else y + dense.bias
+        return dense(x)
 
     def _query_key_value(self, query, value):
         heads, kv_heads = self.num_heads, self.num_key_value_heads
         # ops.split, not three slices: the gradient of a split is one concatenation, that of each
         # slice a zero tensor of the full projection's size with the slice's gradient padded in.
         if self.is_cross_attention:
-            q = self._project(query, self.query_kernel, self.query_bias)
-            k, v = ops.split(self._project(value, self.key_value_kernel, self.key_value_bias), 2, axis=2)
+            q = self._project(self.query_dense, query)
+            k, v = ops.split(self._project(self.key_value_dense, value), 2, axis=2)
             return q, k, v
-        return ops.split(self._project(query, self.qkv_kernel, self.qkv_bias), [heads, heads + kv_heads], axis=2)
+        return ops.split(self._project(self.query_key_value_dense, query), [heads, heads + kv_heads], axis=2)
 
     def _mask(self, query_length, key_length, padding_mask, attention_mask, start_index, cached):
         """Boolean `[batch or 1, query_length, key_length]` mask, or None when nothing is masked."""
@@ -174,6 +229,27 @@ class MultiHeadAttention(keras.layers.Layer):
         for other in masks[1:]:
             mask = ops.logical_and(mask, other)
         return mask
+
+    def _uses_fused_attention(self, training):
+        if self.attention_implementation == "einsum" or (training and self.dropout > 0):
+            return False
+        return self.attention_implementation == "fused" or fused_attention_is_faster()
+
+    def _attend_fused(self, q, k, v, padding_mask, attention_mask, start_index, cached):
+        """The context through `keras.ops.dot_product_attention` (grouped heads and all)."""
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if self.num_key_value_heads == 1 < self.num_heads and keras.backend.backend() == "tensorflow":
+            # Keras 3.15's TensorFlow dot_product_attention repeats grouped key/value heads
+            # but not a single one (multi-query attention), which its einsum then rejects.
+            k = ops.repeat(k, self.num_heads, axis=2)
+            v = ops.repeat(v, self.num_heads, axis=2)
+        if self.causal and not cached and padding_mask is None and attention_mask is None:
+            # Causal only: the kernel's own causal mode (cuDNN's flash attention has one).
+            return ops.dot_product_attention(q, k, v, scale=scale, is_causal=True)
+        mask = self._mask(ops.shape(q)[1], ops.shape(k)[1], padding_mask, attention_mask, start_index, cached)
+        if mask is not None:
+            mask = mask[:, None, :, :]  # [batch or 1, 1 (heads), query, key]
+        return ops.dot_product_attention(q, k, v, mask=mask, scale=scale)
 
     def _attend(self, q, k, v, mask, training):
         """Context `[B, T, heads, head_dim]` from q `[B, T, heads, head_dim]` and k, v `[B, S, kv_heads, head_dim]`.
@@ -246,13 +322,14 @@ class MultiHeadAttention(keras.layers.Layer):
             cache = ops.slice_update(cache, [0, 0, cache_index, 0, 0], new_key_values)
             k = ops.cast(cache[:, 0], self.compute_dtype)
             v = ops.cast(cache[:, 1], self.compute_dtype)
-        mask = self._mask(
-            ops.shape(q)[1], ops.shape(k)[1], padding_mask, attention_mask, start_index, cache is not None
-        )
-        context = self._attend(q, k, v, mask, training)
-        output = ops.einsum("btnh,nho->bto", context, self.output_kernel)
-        if self.output_bias is not None:
-            output = output + self.output_bias
+        if self._uses_fused_attention(training):
+            context = self._attend_fused(q, k, v, padding_mask, attention_mask, start_index, cache is not None)
+        else:
+            mask = self._mask(
+                ops.shape(q)[1], ops.shape(k)[1], padding_mask, attention_mask, start_index, cache is not None
+            )
+            context = self._attend(q, k, v, mask, training)
+        output = self.output_dense(context)
         return output if cache is None else (output, cache)
 
     def get_config(self):
@@ -273,5 +350,6 @@ class MultiHeadAttention(keras.layers.Layer):
                 None if self.output_kernel_initializer is None
                 else keras.initializers.serialize(self.output_kernel_initializer)
             ),
+            attention_implementation=self.attention_implementation,
         )
         return config

@@ -53,6 +53,10 @@ class CausalLM(TokenLossSharing, keras.Model):
     def get_config(self):
         return {"decoder": keras.saving.serialize_keras_object(self.decoder), "name": self.name}
 
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=True, **kwargs):
+        """Keras' summary, by default with the decoder's embeddings, blocks and norm listed."""
+        return super().summary(line_length, positions, print_fn, expand_nested=expand_nested, **kwargs)
+
     @classmethod
     def from_config(cls, config):
         config = dict(config)

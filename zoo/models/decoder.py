@@ -115,6 +115,12 @@ class Decoder(keras.layers.Layer):
         return self.embeddings.token_embedding
 
     @property
+    def layers(self):
+        """The sublayers in the order of the computation: embeddings, blocks, final norm. Keras'
+        `summary(expand_nested=True)` lists them under the decoder's row."""
+        return [self.embeddings, *self.blocks, self.final_norm]
+
+    @property
     def head_dim(self):
         return self.hidden_dim // self.num_heads
 
@@ -138,8 +144,12 @@ class Decoder(keras.layers.Layer):
 
         A decoding loop takes it once, before the loop, and passes it to every step's `logits`:
         XLA on a CPU would otherwise transpose the whole table inside the loop, at every step.
+        None when the table is quantised (`model.quantize`): `logits` then lets the embedding
+        layer project with its quantised table.
         """
         embedding = self.token_embedding
+        if embedding.quantization_mode is not None:
+            return None
         kernel = ops.transpose(embedding.embeddings) if embedding.tie_weights else embedding.reverse_embeddings
         return ops.cast(kernel, self.compute_dtype)
 

@@ -117,6 +117,14 @@ class Encoder(keras.layers.Layer):
         """The token table (a ReversibleEmbedding), for heads that tie their output to it."""
         return self.embeddings.token_embedding
 
+    @property
+    def layers(self):
+        """The sublayers in the order of the computation: embeddings, norm, blocks (or blocks,
+        final norm). Keras' `summary(expand_nested=True)` lists them under the encoder's row."""
+        if self.norm_first:
+            return [self.embeddings, *self.blocks, self.norm]
+        return [self.embeddings, self.norm, *self.blocks]
+
     def build(self, token_ids_shape, padding_mask_shape=None, segment_ids_shape=None):
         self.embeddings.build(token_ids_shape)
         hidden_shape = tuple(token_ids_shape) + (self.hidden_dim,)
@@ -126,7 +134,16 @@ class Encoder(keras.layers.Layer):
         self.built = True
 
     def call(self, token_ids, padding_mask=None, segment_ids=None, training=None):
-        x = self.embeddings(token_ids, segment_ids=segment_ids)
+        return self.encode_embeddings(self.embed(token_ids, segment_ids), padding_mask=padding_mask, training=training)
+
+    def embed(self, token_ids, segment_ids=None):
+        """The embedding sum (token + position [+ segment]) `[batch, sequence, hidden]`, before
+        any norm or dropout: where adversarial training perturbs the input (the encoder must be built)."""
+        return self.embeddings(token_ids, segment_ids=segment_ids)
+
+    def encode_embeddings(self, embeddings, padding_mask=None, training=None):
+        """The rest of `call` from `embed`'s output: norm, dropout, the blocks (and the final norm)."""
+        x = embeddings
         if not self.norm_first:
             x = self.norm(x)
         x = self.embeddings_dropout(x, training=training)

@@ -16,8 +16,8 @@ How the weights map (HF `[out, in]` matrices are transposed to Keras' `[in, out]
 |--------------------------------------------------|------------------------------------------------|
 | embeddings.word_embeddings / position_embeddings / token_type_embeddings | `encoder.embeddings` token / position / segment tables |
 | embeddings.LayerNorm                             | `encoder.norm` (the post-norm `embeddings_norm`) |
-| layer.i.attention.self.query, key, value         | `block_i.attention.qkv_kernel [hidden, 3 * heads, head_dim]`, `qkv_bias [3 * heads, head_dim]` (q heads, then k, then v) |
-| layer.i.attention.output.dense                   | `output_kernel [heads, head_dim, hidden]`, `output_bias` |
+| layer.i.attention.self.query, key, value         | `block_i.attention.query_key_value_dense`: kernel `[hidden, 3 * heads, head_dim]`, bias `[3 * heads, head_dim]` (q heads, then k, then v) |
+| layer.i.attention.output.dense                   | `block_i.attention.output_dense`: kernel `[heads, head_dim, hidden]`, bias |
 | layer.i.attention.output.LayerNorm               | `block_i.attention_norm`                       |
 | layer.i.intermediate.dense, layer.i.output.dense | `block_i.feed_forward.intermediate_dense`, `.output_dense` |
 | layer.i.output.LayerNorm                         | `block_i.feed_forward_norm`                    |
@@ -437,12 +437,12 @@ def _assignments(encoder, tensors, info):
             [tensor(f"attention.self.{p}.weight").T.reshape(-1, heads, head_dim) for p in projections], axis=1
         )
         qkv_bias = np.concatenate([tensor(f"attention.self.{p}.bias").reshape(heads, head_dim) for p in projections])
-        attention = block.attention
+        qkv_dense, output_dense = block.attention.query_key_value_dense, block.attention.output_dense
         pairs += [
-            (attention.qkv_kernel, qkv_kernel),
-            (attention.qkv_bias, qkv_bias),
-            (attention.output_kernel, tensor("attention.output.dense.weight").T.reshape(heads, head_dim, -1)),
-            (attention.output_bias, tensor("attention.output.dense.bias")),
+            (qkv_dense.kernel, qkv_kernel),
+            (qkv_dense.bias, qkv_bias),
+            (output_dense.kernel, tensor("attention.output.dense.weight").T.reshape(heads, head_dim, -1)),
+            (output_dense.bias, tensor("attention.output.dense.bias")),
             (block.attention_norm.gamma, tensor("attention.output.LayerNorm.weight")),
             (block.attention_norm.beta, tensor("attention.output.LayerNorm.bias")),
             (block.feed_forward.intermediate_dense.kernel, tensor("intermediate.dense.weight").T),

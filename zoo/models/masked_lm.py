@@ -40,6 +40,10 @@ class MaskedLM(TokenLossSharing, keras.Model):
     def get_config(self):
         return {"encoder": keras.saving.serialize_keras_object(self.encoder), "name": self.name}
 
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=True, **kwargs):
+        """Keras' summary, by default with the encoder's embeddings, norm and blocks listed."""
+        return super().summary(line_length, positions, print_fn, expand_nested=expand_nested, **kwargs)
+
     @classmethod
     def from_config(cls, config):
         config = dict(config)

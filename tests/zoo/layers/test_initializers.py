@@ -92,5 +92,5 @@ def test_residual_initializer_reaches_only_the_output_projections():
         value = np.unique(keras.ops.convert_to_numpy(weight))
         if weight.path.endswith(("output_kernel", "output/kernel")):
             assert value.tolist() == [2.0], weight.path
-        elif weight.path.endswith(("qkv_kernel", "intermediate/kernel", "embeddings")):
+        elif weight.path.endswith(("query_key_value/kernel", "intermediate/kernel", "embeddings")):
             assert value.tolist() == [1.0], weight.path

@@ -24,15 +24,11 @@ def test_encoder_block_equals_keras_hub_transformer_encoder(norm_first):
     ours(x)
     reference = keras_hub.layers.TransformerEncoder(32, HEADS, activation="relu", normalize_first=norm_first)
     reference(x)
-    attention = reference._self_attention_layer
-    qkv, qkv_bias = numpy(ours.attention.qkv_kernel), numpy(ours.attention.qkv_bias)
-    for dense, kernel, bias in zip(
-        (attention._query_dense, attention._key_dense, attention._value_dense),
-        np.split(qkv, 3, axis=1),
-        np.split(qkv_bias, 3, axis=0),
-    ):
-        dense.set_weights([kernel, bias])
-    attention._output_dense.set_weights([numpy(ours.attention.output_kernel), numpy(ours.attention.output_bias)])
+    qkv, qkv_bias = ours.attention.query_key_value_dense.get_weights()
+    q, k, v = np.split(qkv, 3, axis=1)
+    q_bias, k_bias, v_bias = np.split(qkv_bias, 3, axis=0)
+    # keras.layers.MultiHeadAttention's order: query, key, value, output (kernel, then bias).
+    reference._self_attention_layer.set_weights([q, q_bias, k, k_bias, v, v_bias, *ours.attention.output_dense.get_weights()])
     reference._self_attention_layer_norm.set_weights(ours.attention_norm.get_weights())
     reference._feedforward_layer_norm.set_weights(ours.feed_forward_norm.get_weights())
     reference._feedforward_intermediate_dense.set_weights(ours.feed_forward.intermediate_dense.get_weights())

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from zoo.models import generation
 from zoo.models import (
     CausalLM,
     Decoder,
@@ -22,6 +23,16 @@ def numpy(t):
     return ops.convert_to_numpy(t)
 
 
+def compiled(function):
+    """`function` under jax.jit on JAX (as generation runs it), else as it is. JAX runs eager
+    operations one compiled primitive at a time: a test of many small ops is then slow."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(function)
+    return function
+
+
 def small_decoder(**kwargs):
     keras.utils.set_random_seed(0)
     return Decoder(VOCAB, 32, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32, **kwargs)
@@ -38,10 +49,14 @@ def causal_lm():
 
 
 def greedy_without_cache(model, prompt, steps):
-    ids = list(prompt)
-    for _ in range(steps):
-        ids.append(int(numpy(model(np.array([ids], "int32")))[0, -1].argmax()))
-    return ids[len(prompt):]
+    """Greedy decoding by full causal passes, no cache: each step reads the logits at the last
+    token. The ids sit in a buffer of the model's full context (causal: the tail does not
+    matter), so every pass has the same shape (JAX compiles each new shape's operations anew)."""
+    buffer = np.zeros((1, model.decoder.sequence_length), "int32")
+    buffer[0, : len(prompt)] = prompt
+    for length in range(len(prompt), len(prompt) + steps):
+        buffer[0, length] = int(numpy(model(buffer))[0, length - 1].argmax())
+    return buffer[0, len(prompt) : len(prompt) + steps].tolist()
 
 
 def test_decoder_kv_cache_equals_full_pass():
@@ -98,6 +113,7 @@ def test_sampling_is_seeded_and_stops_at_end_token(causal_lm):
 def test_sample_next_token_filters():
     logits = np.log(np.array([[0.5, 0.3, 0.1, 0.06, 0.04]] * 4000, "float32"))
     noise = np.random.default_rng(0).random((4000, 5)).astype("float32")
+    sample_next_token = compiled(generation.sample_next_token)
     greedy = numpy(sample_next_token(logits, 0.0, 0, 1.0, noise))
     assert set(greedy) == {0}
     top_k = numpy(sample_next_token(logits, 1.0, 2, 1.0, noise))
@@ -144,6 +160,12 @@ def reference_sample(logits, temperature, top_k, top_p, uniform):
     return np.argmax(np.where(scaled >= threshold, scaled, -1e9) + gumbel, axis=-1)
 
 
+# One function (one compilation on JAX) for every case: the settings are tensors, not constants.
+sample_with_noise_and_noise_function = compiled(
+    lambda *args: (sample_next_token(*args), sample_next_token(*args[:-1], lambda: args[-1]))
+)
+
+
 @pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (40, 0.9), (64, 0.5), (65, 1.0), (0, 0.9), (0, 1.0), (1, 1.0)])
 def test_sampling_paths_equal_filters_over_the_sorted_vocabulary(top_k, top_p):
     # top_k <= 64 samples among a partial sort's candidates, larger top_k or top-p alone sort
@@ -154,9 +176,9 @@ def test_sampling_paths_equal_filters_over_the_sorted_vocabulary(top_k, top_p):
     expected = reference_sample(logits, 0.7, top_k, top_p, noise)
     if top_k == 1:
         expected = logits.argmax(-1)
-    np.testing.assert_array_equal(numpy(sample_next_token(logits, 0.7, top_k, top_p, noise)), expected)
-    # The noise may be given as a function: greedy decoding then never draws it.
-    np.testing.assert_array_equal(numpy(sample_next_token(logits, 0.7, top_k, top_p, lambda: noise)), expected)
+    # The noise may also be given as a function (the second result): greedy decoding then never draws it.
+    for actual in sample_with_noise_and_noise_function(logits, 0.7, top_k, top_p, noise):
+        np.testing.assert_array_equal(numpy(actual), expected)
 
 
 def test_task_models_reload_from_keras_files(tmp_path):
