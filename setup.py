@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="Keras 3 transformer model zoo and trainer: recipes, tf.distribute, raw-text SavedModels",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["zoo", "zoo.*", "recipes", "recipes.*", "trainers", "trainers.*"]),
+    packages=find_packages(include=["zoo", "zoo.*", "recipes", "recipes.*", "trainers", "trainers.*", "serving", "serving.*"]),
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tensorflow-text>=2.21,<2.22",
@@ -24,7 +24,12 @@ setup(
     ],
     extras_require={
         # jax (CPU) runs the layer tests on a second backend: the zoo's layers must stay backend-agnostic.
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "jax[cpu]>=0.4.34,<0.11"],
+        "test": [
+            "pytest>=8,<10", "pytest-xdist>=3.5,<4", "jax[cpu]>=0.4.34,<0.11",
+            "tf2onnx>=1.17,<2", "onnx>=1.17,<2", "onnxruntime>=1.20,<2",  # the ONNX export and its check
+        ],
+        # zoo export --format onnx (Keras' ONNX export converts the TensorFlow graph with tf2onnx).
+        "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.17,<2"],
     },
     entry_points={"console_scripts": ["zoo=trainers.cli:main"]},
 )

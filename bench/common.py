@@ -241,6 +241,8 @@ def save_results(args, benchmark, record, markdown):
         **record,
     }
     record.setdefault("environment", {})["load_average_at_end"] = load_average()
+    # `machine_line` ran before the end was known: give the markdown the real value.
+    markdown = markdown.replace("at end None.", f"at end {record['environment']['load_average_at_end']}.")
     print(markdown)
     if args.no_save:
         return None

@@ -1,7 +1,10 @@
 """What every recipe shares: the common config fields, tokenizer handling, the optimiser, checkpoints.
 
 A recipe is a config dataclass, named presets of it, `build_model()` (a compiled keras.Model),
-`datasets()` (tf.data pipelines) and `export()`. Recipe files subclass `Recipe` and fill those in.
+`datasets()` (tf.data pipelines) and the `zoo.tasks.Task` interface (`kind`, `preprocessor`,
+`export_module()`, `evaluator()`), through which export, serving, evaluation, sweeps and the
+command line reach it. Recipe files subclass `Recipe` and fill those in; see the README's
+"Add a recipe" section.
 """
 
 import dataclasses
@@ -11,6 +14,7 @@ import os
 import keras
 
 from zoo.optimization import make_optimizer
+from zoo.tasks import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +93,9 @@ class RecipeConfig:
             raise ValueError("tokenizer=bpe keeps every byte of the text and cannot lowercase: set lowercase=false.")
 
 
-class Recipe:
-    """Base class. Subclasses set `config_class`, `presets`, and implement the model and data parts."""
+class Recipe(Task):
+    """Base class. Subclasses set `config_class`, `presets` and `kind`, and implement the model
+    and data parts and the task's `export_module` and `evaluator`."""
 
     name = None  # set by @recipes.register
     config_class = RecipeConfig
@@ -226,14 +231,9 @@ class Recipe:
         with open(os.path.join(directory, "config.json"), "w") as f:
             json.dump(self.config_dict(), f, indent=2)
 
-    def export(self, model, path, **options):
-        """Writes a SavedModel with raw-text signatures (the tokenizer inside the graph) to `path`.
-
-        See `zoo.export.export_recipe` for the signatures and options (e.g. `top_k`, `metrics`).
-        """
-        from zoo.export import export_recipe
-
-        return export_recipe(self, model, path, **options)
+    def export_metadata(self):
+        """(name, config) for the export's metadata: the recipe's name and resolved config."""
+        return self.name, self.config_dict()
 
 
 def tokenizer_cache_key(source):

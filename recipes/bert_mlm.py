@@ -8,6 +8,7 @@ from recipes import pretrained
 from recipes.base import Recipe, RecipeConfig
 from recipes.registry import register
 from zoo.models import Encoder, MaskedLM, Perplexity, SparseCrossEntropy
+from zoo.models.lora import enable_lora_for_fine_tuning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,9 @@ class BertConfig(RecipeConfig):
     # and tokenizer), or a Hugging Face BERT: "minilm" (the all-MiniLM-L6-v2 package) or
     # "hf:<directory>" (the encoder, and the head where the checkpoint has one: BertForMaskedLM).
     init_from: str = ""
+    # LoRA fine-tuning of init_from's encoder (zoo.models.lora): adapters of this rank on every
+    # block's attention and feed-forward projections; only they and the MLM head train. 0: off.
+    lora_rank: int = 0
 
 
 def _bert(preset, layers, hidden, heads, **kwargs):
@@ -81,6 +85,9 @@ class BertMaskedLMRecipe(Recipe):
             encoder.set_weights(self._pretrained.encoder.get_weights())
             if self._pretrained.head is not None:
                 pretrained.copy_masked_lm_head(self._pretrained.head, model.head)
+        lora = enable_lora_for_fine_tuning(model, c.lora_rank, c.init_from)
+        if lora:
+            print(lora)
         return model
 
     def compile_model(self, model, total_steps=None, jit_compile="auto"):
@@ -107,3 +114,43 @@ class BertMaskedLMRecipe(Recipe):
             )
             for split in splits
         )
+
+    # -- the task: evaluation and export --------------------------------------------------
+
+    kind = "language_model"
+    export_options = {"top_k": "fill_mask: candidates returned per mask (default 5)"}
+
+    def evaluator(self, model):
+        """Loss, perplexity and masked-token accuracy per corpus (`zoo.evaluation`); no bits per
+        byte: a masked LM predicts 15% of the tokens, each seen with both sides."""
+        from zoo.evaluation import LanguageModelEvaluator
+
+        self.preprocessor  # noqa: B018 - raises without a tokenizer: never evaluate with a new one
+        self.compile_model(model)  # this recipe's loss and metrics, whatever the model was compiled with
+        return LanguageModelEvaluator(model, lambda source, split: self.datasets(source, splits=(split,))[0])
+
+    def export_module(self, model, top_k=None):
+        """`fill_mask` (the serving default), `fill_mask_ids`, `embed` and `tokenize` (see `zoo.export`)."""
+        from zoo.export import DEFAULT_TOP_K, EmbedEndpoint, ExportModule, FillMaskEndpoints, TokenizeEndpoint
+
+        endpoints = [
+            FillMaskEndpoints(lambda inputs: model(inputs, training=False), [model], model.encoder.vocabulary_size,
+                              DEFAULT_TOP_K if top_k is None else top_k),
+            EmbedEndpoint(model.encoder),
+            TokenizeEndpoint("fill_mask", with_masks=True),
+        ]
+        return ExportModule(self.preprocessor, endpoints, serving_default="fill_mask")
+
+    def export_hf(self, model, directory, metrics=None):
+        """`BertForMaskedLM` with the WordPiece tokenizer (`zoo.converters.hf_export.export_bert`)."""
+        from zoo.converters.hf_export import export_bert
+
+        name, config = self.export_metadata()
+        return export_bert(model.encoder, self.preprocessor.tokenizer, directory, masked_lm_head=model.head,
+                           sequence_length=self.config.sequence_length, recipe=name, config=config, metrics=metrics)
+
+    def onnx_model(self, model):
+        """token_ids, padding_mask, mask_positions -> logits at those positions (`zoo.converters.onnx_export`)."""
+        from zoo.converters.onnx_export import masked_lm_model
+
+        return masked_lm_model(model)

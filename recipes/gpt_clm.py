@@ -8,6 +8,7 @@ import keras
 from recipes.base import Recipe, RecipeConfig
 from recipes.registry import register
 from zoo.models import CausalLM, Decoder, Perplexity, SparseAccuracy, SparseCrossEntropy
+from zoo.models.lora import enable_lora_for_fine_tuning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +24,13 @@ class GPTConfig(RecipeConfig):
     sample_tokens: int = 48
     steps_per_epoch: int = 800  # ~3.3M tokens: the default run takes about 4 minutes on 2 CPU cores (no XLA)
     validation_steps: int = 20
+    # Start from a gpt-clm checkpoint (a run or checkpoint directory, or a .keras file), or a
+    # GPT-2 directory that `zoo export --format hf` wrote ("hf:<directory>"): its decoder's
+    # weights and its tokenizer; the shape fields must be the checkpoint's.
+    init_from: str = ""
+    # LoRA fine-tuning of init_from's decoder (zoo.models.lora): adapters of this rank on every
+    # block's attention and feed-forward projections; only they train. 0: off.
+    lora_rank: int = 0
 
 
 PRESETS = {
@@ -46,16 +54,54 @@ class GPTCausalLMRecipe(Recipe):
     config_class = GPTConfig
     presets = PRESETS
 
+    def __init__(self, config):
+        super().__init__(config)
+        self._init_decoder = None
+        if config.init_from:
+            self._load_init_from(config.init_from)
+
+    def _load_init_from(self, source):
+        """The decoder and tokenizer of a gpt-clm checkpoint, or of a GPT-2 directory "hf:<dir>"
+        (`zoo.converters.hf_export.import_gpt2`); its shape must be the config's."""
+        from recipes.base import load_checkpoint
+        from recipes.pretrained import is_hugging_face
+
+        if is_hugging_face(source):
+            from zoo.converters.hf_export import import_gpt2
+
+            decoder, tokenizer, _ = import_gpt2(source)
+        else:
+            model, tokenizer, _ = load_checkpoint(source)
+            decoder = getattr(model, "decoder", None)
+        if not isinstance(decoder, Decoder) or tokenizer is None:
+            raise ValueError(f"init_from={source!r} is not a gpt-clm checkpoint (a zoo Decoder with a tokenizer/ beside it).")
+        fields = ("num_layers", "hidden_dim", "num_heads", "intermediate_dim", "sequence_length")
+        mismatched = [f"{f}: checkpoint {getattr(decoder, f)}, config {getattr(self.config, f)}"
+                      for f in fields if getattr(decoder, f) != getattr(self.config, f)]
+        if mismatched:
+            raise ValueError(f"init_from={source!r} does not match this gpt-clm's shape ({'; '.join(mismatched)}).")
+        self._init_decoder, self.tokenizer = decoder, tokenizer
+
     def create_model(self):
         c = self.config
-        decoder = Decoder(
-            self.model_vocabulary_size, c.sequence_length, c.num_layers, c.hidden_dim, c.num_heads,
-            c.intermediate_dim, dropout=c.dropout, activation=c.activation,
-            position_embedding_type=c.position_embedding_type, use_rotary=c.use_rotary,
-            num_key_value_heads=c.num_key_value_heads or None, name="decoder",
-            kernel_initializer=self.kernel_initializer(), residual_kernel_initializer=self.residual_kernel_initializer(),
-        )
-        return CausalLM(decoder, name="gpt_clm")
+        if self._init_decoder is not None:  # in the current dtype policy, the weights copied below
+            config = {key: value for key, value in self._init_decoder.get_config().items() if key != "dtype"}
+            decoder = Decoder.from_config({**config, "name": "decoder"})
+        else:
+            decoder = Decoder(
+                self.model_vocabulary_size, c.sequence_length, c.num_layers, c.hidden_dim, c.num_heads,
+                c.intermediate_dim, dropout=c.dropout, activation=c.activation,
+                position_embedding_type=c.position_embedding_type, use_rotary=c.use_rotary,
+                num_key_value_heads=c.num_key_value_heads or None, name="decoder",
+                kernel_initializer=self.kernel_initializer(), residual_kernel_initializer=self.residual_kernel_initializer(),
+            )
+        model = CausalLM(decoder, name="gpt_clm")
+        if self._init_decoder is not None:
+            decoder.set_weights(self._init_decoder.get_weights())
+        lora = enable_lora_for_fine_tuning(model, c.lora_rank, c.init_from)
+        if lora:
+            print(lora)
+        return model
 
     def kernel_initializer(self):
         """GPT-2's initialisation: normal(0, initializer_range) for projections and embeddings."""
@@ -150,3 +196,39 @@ class GPTCausalLMRecipe(Recipe):
         if not isinstance(text, (str, bytes)):  # a tensor, depending on keras-hub's output mode
             text = keras.ops.convert_to_numpy(text).item()
         return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+
+    # -- the task: evaluation and export --------------------------------------------------
+
+    kind = "language_model"
+    export_options = {"jit_compile": "compile the generation loop with XLA inside the SavedModel (default off)"}
+
+    def evaluator(self, model):
+        """Loss, perplexity, token accuracy and bits per byte per corpus (`zoo.evaluation`)."""
+        from zoo.evaluation import LanguageModelEvaluator
+
+        self.preprocessor  # noqa: B018 - raises without a tokenizer: never evaluate with a new one
+        self.compile_model(model)  # this recipe's loss and metrics, whatever the model was compiled with
+        return LanguageModelEvaluator(
+            model, lambda source, split: self.datasets(source, splits=(split,))[0], tokens_per_byte=self.tokens_per_byte
+        )
+
+    def export_module(self, model, jit_compile=False):
+        """`generate` (the serving default), `generate_ids`, `tokenize` and `detokenize` (see `zoo.export`)."""
+        from zoo.export import ExportModule, GenerateEndpoints
+
+        endpoints = GenerateEndpoints(model.decoder, jit_compile=jit_compile, max_new_tokens=self.config.sample_tokens)
+        return ExportModule(self.preprocessor, [endpoints], serving_default="generate")
+
+    def export_hf(self, model, directory, metrics=None):
+        """`GPT2LMHeadModel` with the BPE tokenizer (`zoo.converters.hf_export.export_gpt2`)."""
+        from zoo.converters.hf_export import export_gpt2
+
+        name, config = self.export_metadata()
+        return export_gpt2(model.decoder, self.preprocessor.tokenizer, directory, max_new_tokens=self.config.sample_tokens,
+                           recipe=name, config=config, metrics=metrics)
+
+    def onnx_model(self, model):
+        """token_ids -> logits `[batch, length, vocabulary]` (`zoo.converters.onnx_export`)."""
+        from zoo.converters.onnx_export import causal_lm_model
+
+        return causal_lm_model(model.decoder)

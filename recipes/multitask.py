@@ -14,7 +14,7 @@ from recipes.classifier import PRESETS as CLASSIFIER_PRESETS
 from recipes.classifier import ClassifierConfig, ClassifierRecipe
 from recipes.registry import register
 from zoo.models import Perplexity, classification_metrics
-from zoo.models.multitask import CLASSIFICATION_INPUTS, GRADIENT_SURGERIES, MultiTaskModel
+from zoo.models.multitask import CLASSIFICATION_INPUTS, GRADIENT_SURGERIES, LOSS_WEIGHTINGS, MultiTaskModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +24,11 @@ class MultitaskConfig(ClassifierConfig):
     mlm_weight: float = 1.0
     classification_weight: float = 1.0
     gradient_surgery: str = "none"  # none | pcgrad (project away conflicting task gradients)
+    # fixed (the weights above) | uncertainty (Kendall et al. 2018) | gradnorm (Chen et al. 2018): learned
+    # task weights, starting from the weights above (see MultiTaskModel.compile).
+    loss_weighting: str = "fixed"
+    gradnorm_alpha: float = 1.5
+    loss_weighting_learning_rate: float = 0.025  # the learned weights' own gradient-descent step
     classification_input: str = "clean"  # clean (unmasked ids, 2nd encoder pass) | masked (the MLM's input)
     # Masking, as in bert-mlm.
     mask_selection_rate: float = 0.15
@@ -55,6 +60,10 @@ class MultitaskRecipe(ClassifierRecipe):
             raise ValueError(
                 f"Unknown gradient_surgery {config.gradient_surgery!r}; expected one of {', '.join(GRADIENT_SURGERIES)}."
             )
+        if config.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"Unknown loss_weighting {config.loss_weighting!r}; expected one of {', '.join(LOSS_WEIGHTINGS)}."
+            )
         if config.classification_input not in CLASSIFICATION_INPUTS:
             raise ValueError(
                 f"Unknown classification_input {config.classification_input!r}; "
@@ -84,6 +93,9 @@ class MultitaskRecipe(ClassifierRecipe):
             optimizer=self.make_optimizer(total_steps),
             loss_weights=self.loss_weights,
             gradient_surgery=self.config.gradient_surgery,
+            loss_weighting=self.config.loss_weighting,
+            gradnorm_alpha=self.config.gradnorm_alpha,
+            weighting_learning_rate=self.config.loss_weighting_learning_rate,
             metrics={"classification": classification_metrics(num_classes)},
             weighted_metrics={"mlm": [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), Perplexity()]},
             jit_compile=jit_compile,
@@ -114,27 +126,42 @@ class MultitaskRecipe(ClassifierRecipe):
         return tuple(dataset.map(mask, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
                      for dataset in classification)
 
-    def export(self, model, path, **options):
-        """Exports the classification side (encoder + classification head) as a `classifier` SavedModel."""
-        from zoo.export import export_recipe
+    # -- the task: evaluation and export --------------------------------------------------
 
-        view = _ClassifierView(self)
-        return export_recipe(view, model.to_classifier() if isinstance(model, MultiTaskModel) else model, path, **options)
+    export_options = {"top_k": "fill_mask: candidates returned per mask (default 5)"}
 
+    def classification_model(self, model):
+        """The encoder and classification head of a `MultiTaskModel` as a classifier that shares
+        their weights (evaluation and `classify` see the clean text, as `classification_input=clean`
+        training does); any other model is returned as it is."""
+        if not isinstance(model, MultiTaskModel):
+            return model
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        padding_mask = keras.Input(shape=(None,), dtype="bool", name="padding_mask")
+        sequence = model.encoder(token_ids, padding_mask=padding_mask)
+        logits = model.classification_head(sequence, padding_mask=padding_mask)
+        return keras.Model({"token_ids": token_ids, "padding_mask": padding_mask}, logits, name="classifier")
 
-class _ClassifierView:
-    """What `zoo.export.export_recipe` reads from a recipe, presenting a multitask/distill recipe
-    as the `classifier` whose signatures its model has; the metadata keeps the real config."""
+    def export_module(self, model, top_k=None):
+        """Both tasks of the shared encoder: `classify` (the serving default), `classify_ids`,
+        `fill_mask`, `fill_mask_ids`, `embed` and `tokenize` (as `classify` packs the text)."""
+        from zoo.export import (DEFAULT_TOP_K, ClassifyEndpoints, EmbedEndpoint, ExportModule, FillMaskEndpoints,
+                                TokenizeEndpoint)
 
-    name = "classifier"
+        if not isinstance(model, MultiTaskModel):  # a classifier (e.g. from to_classifier())
+            return super().export_module(model)
+        encoder, mlm_head = model.encoder, model.mlm_head
 
-    def __init__(self, recipe):
-        self.tokenizer = recipe.tokenizer
-        self.preprocessor = recipe.preprocessor
-        self.label_names = recipe.label_names
-        self.config = recipe.config
-        self._recipe = recipe
+        def masked_lm(inputs):
+            sequence = encoder(inputs["token_ids"], padding_mask=inputs["padding_mask"], training=False)
+            return mlm_head(sequence, mask_positions=inputs["mask_positions"])
 
-    def config_dict(self):
-        return self._recipe.config_dict()
+        endpoints = [
+            ClassifyEndpoints(self.classification_model(model), self.label_names, num_classes=model.num_classes,
+                              vocabulary_size=encoder.vocabulary_size),
+            FillMaskEndpoints(masked_lm, [encoder, mlm_head], encoder.vocabulary_size, DEFAULT_TOP_K if top_k is None else top_k),
+            EmbedEndpoint(encoder),
+            TokenizeEndpoint("classify"),
+        ]
+        return ExportModule(self.preprocessor, endpoints, serving_default="classify")
 

@@ -1,7 +1,7 @@
 """`init_from`: where the recipes that take it (classifier, bert-mlm) get a pretrained model.
 
 A source is one of
-- `"minilm"` or `"hf:<directory>"`: a Hugging Face BERT (`zoo.models.hf_bert`). The model's
+- `"minilm"` or `"hf:<directory>"`: a Hugging Face BERT (`zoo.converters.hf_bert`). The model's
   shape (layers, width, vocabulary, positions) comes from the checkpoint; the config's shape
   fields are not used, and its `sequence_length` must fit in the checkpoint's positions.
 - anything else: a zoo checkpoint (a run directory, a checkpoint directory or a `.keras`
@@ -37,7 +37,7 @@ tokenizer, and `info` (a Hugging Face checkpoint's `hf_bert` info, a zoo checkpo
 
 def is_hugging_face(source):
     """Whether `init_from=source` names a Hugging Face checkpoint rather than a zoo one."""
-    from zoo.models.hf_bert import PACKAGED_CHECKPOINTS
+    from zoo.converters.hf_bert import PACKAGED_CHECKPOINTS
 
     return source in PACKAGED_CHECKPOINTS or source.startswith("hf:")
 
@@ -54,7 +54,7 @@ def load_pretrained(source, config, recipe_name, masked_lm_head=False):
     Raises:
         ValueError: a shape field differs from a zoo checkpoint's, `sequence_length` exceeds
             the checkpoint's positions, the model has no zoo Encoder, no tokenizer is saved
-            beside it, or (`zoo.models.hf_bert`) the Hugging Face checkpoint does not load.
+            beside it, or (`zoo.converters.hf_bert`) the Hugging Face checkpoint does not load.
         FileNotFoundError: no checkpoint at `source`.
     """
     if is_hugging_face(source):
@@ -63,7 +63,7 @@ def load_pretrained(source, config, recipe_name, masked_lm_head=False):
 
 
 def _load_hugging_face(source, sequence_length, masked_lm_head):
-    from zoo.models import hf_bert
+    from zoo.converters import hf_bert
 
     directory = hf_bert.resolve_checkpoint(source)
     if masked_lm_head:

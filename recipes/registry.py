@@ -24,6 +24,12 @@ def register(name):
     return decorator
 
 
+def unregister(name):
+    """Removes a recipe from the registry (e.g. one a test registered); KeyError if unknown."""
+    get_class(name)
+    del _RECIPES[name]
+
+
 def list_recipes():
     """Names of all registered recipes, sorted."""
     return sorted(_RECIPES)

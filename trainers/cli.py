@@ -1,7 +1,6 @@
 """The `zoo` command line: list, train, evaluate, sweep, learning-curve, export, predict, fill-mask, generate, serve."""
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -14,74 +13,7 @@ EXIT_FAILURE = 1
 STRATEGY_CHOICES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
-class UsageError(Exception):
-    """A bad argument: printed as one line, exit status 2, no traceback."""
-
-
-# -- config overrides ------------------------------------------------------------------------
-
-
-def _field_types(recipe):
-    """{field: type} of a recipe's config: `recipe` is a recipe class, or a name (looked up in
-    the catalog, without importing TensorFlow)."""
-    if isinstance(recipe, str):
-        from trainers.catalog import field_types
-
-        return field_types(recipe)
-    return {f.name: f.type for f in dataclasses.fields(recipe.config_class)}
-
-
-def _coerce(recipe_class, key, value, raw):
-    """`value` converted to the type of config field `key` (validated by the registry).
-
-    `recipe_class`: a recipe class, or a recipe's name (its fields then come from the catalog)."""
-    fields = _field_types(recipe_class)
-    if key not in fields:
-        return value  # the registry reports unknown keys with the list of valid ones
-    expected = fields[key]
-    if expected is str:
-        return raw if isinstance(raw, str) else str(value)
-    if expected is bool and isinstance(value, bool):
-        return value
-    if expected is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if expected is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "3e-3" (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    raise UsageError(f"{key} expects {expected.__name__}, got {raw!r}.")
-
-
-def parse_overrides(recipe_class, config_file=None, assignments=()):
-    """Config overrides from a JSON/YAML file and `key=value` strings (the latter win)."""
-    import yaml
-
-    overrides = {}
-    if config_file:
-        if not os.path.exists(config_file):
-            raise UsageError(f"Config file {config_file!r} does not exist.")
-        with open(config_file) as f:
-            try:
-                loaded = json.load(f) if config_file.endswith(".json") else yaml.safe_load(f)
-            except (ValueError, yaml.YAMLError) as error:
-                raise UsageError(f"{config_file}: not valid {'JSON' if config_file.endswith('.json') else 'YAML'}: {error}")
-        if not isinstance(loaded, dict):
-            raise UsageError(f"{config_file}: expected a mapping of config keys to values.")
-        for key, value in loaded.items():
-            overrides[key] = _coerce(recipe_class, key, value, value)
-    for assignment in assignments:
-        key, sep, raw = assignment.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set expects key=value, got {assignment!r}.")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        overrides[key.strip()] = _coerce(recipe_class, key.strip(), value, raw)
-    return overrides
+from trainers.config_values import UsageError, parse_overrides  # noqa: F401 (UsageError: part of this module's API)
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -164,6 +96,7 @@ def _train_options(args):
         backup_every=args.backup_every,
         write_graph=args.tensorboard_graph,
         verbose=args.verbose,
+        progress=args.progress,
     )
 
 
@@ -300,8 +233,9 @@ def _cmd_learning_curve(args):
     from zoo.evaluation import markdown_report
 
     recipe_class = recipes.get_class(args.recipe)
-    if not hasattr(recipe_class, "examples"):
-        raise UsageError(f"learning-curve needs a classification recipe (classifier, multitask, distill), not {args.recipe!r}.")
+    if recipe_class.kind != "classification":
+        classification = [name for name in recipes.list_recipes() if recipes.get_class(name).kind == "classification"]
+        raise UsageError(f"learning-curve needs a classification recipe ({', '.join(classification)}), not {args.recipe!r}.")
     overrides = _recipe_overrides(args, recipe_class)
     preset = overrides.pop("preset", None) or args.preset
     recipe = recipes.get(args.recipe, preset=preset, **overrides)
@@ -323,7 +257,8 @@ def _cmd_export(args):
     from trainers.export_commands import export_run
 
     try:
-        export_run(args.run_dir, out=args.out, top_k=args.top_k, jit_compile=args.xla)
+        export_run(args.run_dir, out=args.out, format=args.format, top_k=args.top_k, jit_compile=args.xla or None,
+                   quantize=args.quantize)
     except FileExistsError as error:  # exports are never overwritten: a usage error, one line
         raise UsageError(str(error)) from error
     return 0
@@ -426,7 +361,8 @@ def _add_training_arguments(parser):
     length.add_argument("--steps", type=_count(1), help="train this many steps in total (one epoch)")
     parser.add_argument("--strategy", default="auto", choices=STRATEGY_CHOICES, help="tf.distribute strategy (default: auto)")
     parser.add_argument(
-        "--init-from", help="classifier, multitask, bert-mlm: start from a checkpoint (a bert-mlm run, minilm or hf:<dir>)"
+        "--init-from", help="classifier, multitask, bert-mlm: start from a checkpoint (a bert-mlm run, minilm or hf:<dir>); "
+                            "gpt-clm: a gpt-clm run or hf:<dir> of a GPT-2 export"
     )
     parser.add_argument(
         "--shots-per-class", type=int, metavar="K",
@@ -439,11 +375,16 @@ def _add_training_arguments(parser):
     )
     parser.add_argument("--no-xla", dest="xla", action="store_const", const="off", help="the same as --xla off")
     parser.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"], help="mixed precision policy")
-    parser.add_argument("--log-every", type=_count(1), default=10, help="TensorBoard scalars every N steps (default 10)")
+    parser.add_argument("--log-every", type=_count(1), default=10,
+                        help="TensorBoard scalars (and progress lines) every N steps (default 10)")
     parser.add_argument("--backup-every", type=_count(0), default=50,
                         help="step backups every N steps (default 50; 0: at epoch ends only)")
     parser.add_argument("--tensorboard-graph", action="store_true", help="also write the model graph to TensorBoard")
-    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
+    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
+                        help="0: silent; 1: status lines and --progress (default); 2: status lines and one line per epoch")
+    parser.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto",
+                        help="at --verbose 1: Keras' progress bar, or one line per --log-every steps and per epoch "
+                        "(default auto: the bar when stdout is a terminal, lines otherwise)")
 
 
 def build_parser():
@@ -548,10 +489,24 @@ def build_parser():
     curve.add_argument("--no-xla", dest="xla", action="store_const", const="off", help="the same as --xla off")
     curve.set_defaults(handler=_cmd_learning_curve, init_from=None, shots_per_class=None)
 
-    export = commands.add_parser("export", help="export a run as a SavedModel with raw-text signatures")
+    export = commands.add_parser(
+        "export", help="export a run: a SavedModel with raw-text signatures, an ids-only SavedModel, Hugging Face or ONNX"
+    )
     export.add_argument("run_dir", help="a run directory, checkpoint directory or .keras file")
-    export.add_argument("--out", help="export directory (default: saved_models/<run name>/<next version>)")
-    export.add_argument("--top-k", type=int, help="bert-mlm: candidates per [MASK] (default 5)")
+    export.add_argument(
+        "--format", choices=["savedmodel", "ids", "hf", "onnx"], default="savedmodel",
+        help="savedmodel (default: raw-text signatures); ids (token-id signatures in core TensorFlow ops, for the "
+             "stock TF Serving image); hf (the Hugging Face layout: GPT2LMHeadModel, BertForMaskedLM, BertModel); "
+             "onnx (ids -> logits, with tokenizer.json)",
+    )
+    export.add_argument("--out", help="export directory (default: saved_models/<run name>/<next version>; "
+                                      "other formats: saved_models/<run name>-<format>/<next version>)")
+    export.add_argument("--top-k", type=int, help="exports with fill_mask (bert-mlm, multitask): candidates per [MASK] (default 5)")
+    export.add_argument(
+        "--quantize", choices=["int8"],
+        help="SavedModel formats: Keras' post-training quantization of every Dense, EinsumDense and Embedding "
+             "(int8 weights with per-channel scales; README: size, latency and accuracy)",
+    )
     export.add_argument(
         "--xla", action="store_true",
         help="gpt-clm: compile the generate signature with XLA (4x faster on a CPU; the loading runtime "

@@ -1,9 +1,10 @@
 """The export and inference commands of the `zoo` CLI, as functions.
 
-`export_run` turns a run's checkpoint into a SavedModel (it needs Keras and the recipe).
+`export_run` turns a run's checkpoint into a SavedModel (or, `format=`, an ids-only SavedModel,
+a Hugging Face directory or an ONNX file; it needs Keras and the recipe).
 `predict`, `fill_mask` and `generate` load only the SavedModel (`tf.saved_model.load` with
 tensorflow_text's ops), exactly as a serving process would, print their results and return
-them. `serve` runs the TF-Serving-compatible HTTP server of `zoo.serving`.
+them. `serve` runs the TF-Serving-compatible HTTP server of the `serving` package.
 
 An export directory may be given as a version directory (`saved_models/gpt-clm-tiny/3`) or as
 a model directory holding integer versions (`saved_models/gpt-clm-tiny`: the highest is used).
@@ -19,26 +20,45 @@ import json
 import os
 
 DEFAULT_EXPORT_ROOT = "saved_models"
+EXPORT_FORMATS = ("savedmodel", "ids", "hf", "onnx")
 
 
 # -- export ------------------------------------------------------------------------------------
 
 
-def export_run(run_dir, out=None, top_k=None, metrics=None, export_root=DEFAULT_EXPORT_ROOT, **options):
-    """Exports a run's best (else last) checkpoint as a SavedModel; prints and returns its path.
+def export_run(run_dir, out=None, metrics=None, export_root=DEFAULT_EXPORT_ROOT, format="savedmodel", quantize=None,
+               **options):
+    """Exports a run's best (else last) checkpoint; prints and returns the export's path.
+
+    The run's task (its recipe) says what the export offers (`recipe.export_module`, and for
+    the other formats `recipe.export_hf`, `recipe.onnx_model`).
 
     Args:
         run_dir: a run directory, a checkpoint directory (holding model.keras) or a .keras file.
-        out: the export directory to create; by default `<export_root>/<run name>/<next version>`
-            (TF Serving's layout: versions are integers, the first is 1).
-        top_k: bert-mlm: candidates per mask (default `zoo.export.DEFAULT_TOP_K`).
+        out: the export directory to create; by default `<export_root>/<model>/<next version>`
+            (TF Serving's layout: versions are integers, the first is 1), where `<model>` is the
+            run's name for "savedmodel" and `<run name>-ids`, `-hf` or `-onnx` for the other
+            formats (TF Serving and `zoo serve` then see the text and the ids-only SavedModel as
+            two models, and skip directories without a saved_model.pb).
         metrics: recorded in the export's metadata; by default the checkpoint's metrics.json.
-        options: passed to `zoo.export.export_recipe` (e.g. top_k).
+        quantize: "int8" for Keras' post-training quantization of the weights (SavedModel formats).
+        format: one of `EXPORT_FORMATS`: "savedmodel" (raw-text signatures, `Task.export`),
+            "ids" (the `*_ids` signatures only, core TensorFlow ops, for the stock TF Serving
+            image: `Task.export(..., ids_only=True)`), "hf" (the Hugging Face layout,
+            `Task.export_hf`, zoo.converters.hf_export) or "onnx" (ids -> logits as
+            `model.onnx` with the tokenizer files, `Task.onnx_model`, zoo.converters.onnx_export).
+        options: the task's SavedModel export options (`recipe.export_options`, e.g. top_k,
+            jit_compile); None values are ignored, an option the task lacks raises ValueError;
+            the hf and onnx formats take none.
     """
     import recipes
     from recipes.base import load_checkpoint
-    from zoo.export import DEFAULT_TOP_K, export_recipe
 
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"Unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}.")
+    given = sorted(key for key, value in {**options, "quantize": quantize}.items() if value is not None)
+    if format in ("hf", "onnx") and given:
+        raise ValueError(f"The {format} format takes no export option ({given[0]} is for SavedModel exports).")
     if out is not None and os.path.lexists(out):  # before the checkpoint is loaded: fail fast
         raise FileExistsError(
             f"Export directory {out!r} already exists; exports are never overwritten: give another --out "
@@ -69,10 +89,32 @@ def export_run(run_dir, out=None, top_k=None, metrics=None, export_root=DEFAULT_
             with open(metrics_path, encoding="utf-8") as f:
                 metrics = json.load(f)
     if out is None:
-        out = next_version_directory(os.path.join(export_root, _run_name(run_dir)))
-    path = export_recipe(recipe, model, out, top_k=top_k or DEFAULT_TOP_K, metrics=metrics, **options)
+        suffix = "" if format == "savedmodel" else f"-{format}"
+        out = next_version_directory(os.path.join(export_root, _run_name(run_dir) + suffix))
+    from trainers.progress import phase
+
+    with phase(f"exporting {out}"):  # status lines on stderr: the SavedModel takes seconds to trace and write
+        try:
+            if format == "hf":
+                path = recipe.export_hf(model, out, metrics=metrics)
+            elif format == "onnx":
+                path = _export_onnx(recipe, model, out, metrics)
+            else:
+                path = recipe.export(model, out, metrics=metrics, ids_only=format == "ids", quantize=quantize, **options)
+        except NotImplementedError as error:  # the task has no such export: one line, a usage error
+            raise ValueError(str(error)) from error
     print(path)
     return path
+
+
+def _export_onnx(recipe, model, out, metrics):
+    from zoo.converters.onnx_export import export_onnx
+
+    name, config = recipe.export_metadata()
+    metadata = {"recipe": name, "config": config, "metrics": metrics, "sequence_length": recipe.preprocessor.sequence_length}
+    if getattr(recipe, "label_names", None) is not None:
+        metadata["label_names"] = list(recipe.label_names)
+    return export_onnx(recipe.onnx_model(model), recipe.preprocessor.tokenizer, out, metadata=metadata)
 
 
 def next_version_directory(model_dir):
@@ -108,7 +150,7 @@ def load_export(export_dir):
 
     A malformed metadata file or a truncated SavedModel raises ValueError naming the file.
     """
-    from zoo.serving import load_export_directory
+    from zoo.export_files import load_export_directory
 
     return load_export_directory(resolve_export(export_dir))
 
@@ -129,20 +171,21 @@ def resolve_export(export_dir):
 
 
 def predict(export_dir, texts):
-    """Runs an export on texts: classifier labels, bert-mlm fills or gpt-clm continuations.
+    """Runs an export on texts through its main signature: labels (`classify`), masks filled
+    (`fill_mask`) or continuations (`generate`), in that order of preference.
 
-    For a classifier prints one JSON object per text ({"text", "label", "label_id",
-    "probabilities": {label: p}}) and returns the list of them; other recipes go to
-    `fill_mask` / `generate` with the export's default settings.
+    With `classify` prints one JSON object per text ({"text", "label", "label_id",
+    "probabilities": {label: p}}) and returns the list of them; otherwise `fill_mask` /
+    `generate` run with the export's default settings.
     """
     loaded, metadata = load_export(export_dir)
-    recipe = metadata.get("recipe")
-    if recipe == "bert-mlm":
+    signatures = loaded.signatures
+    if "classify" not in signatures and "fill_mask" in signatures:
         return fill_mask(export_dir, texts)
-    if recipe == "gpt-clm":
+    if "classify" not in signatures and "generate" in signatures:
         return generate(export_dir, _as_list(texts))
-    if "classify" not in loaded.signatures:
-        raise _not_an_export(export_dir, "classifier", loaded)
+    if "classify" not in signatures:
+        raise _not_an_export(export_dir, "classify", loaded)
     import tensorflow as tf
 
     texts = _as_list(texts)
@@ -173,7 +216,7 @@ def fill_mask(export_dir, texts):
 
     loaded, _ = load_export(export_dir)
     if "fill_mask" not in loaded.signatures:
-        raise _not_an_export(export_dir, "bert-mlm", loaded)
+        raise _not_an_export(export_dir, "fill_mask", loaded)
     texts = _as_list(texts)
     outputs = loaded.signatures["fill_mask"](text=tf.constant(texts, tf.string))
     results = []
@@ -198,11 +241,11 @@ def generate(export_dir, prompt, max_new_tokens=None, temperature=None, top_k=No
     """
     import tensorflow as tf
 
-    from zoo.serving import graph_error_text
+    from zoo.export_files import graph_error_text
 
     loaded, metadata = load_export(export_dir)
     if "generate" not in loaded.signatures:
-        raise _not_an_export(export_dir, "gpt-clm", loaded)
+        raise _not_an_export(export_dir, "generate", loaded)
     defaults = {"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
     defaults.update((metadata.get("signature_defaults") or {}).get("generate") or {})
     given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
@@ -230,13 +273,15 @@ def generate(export_dir, prompt, max_new_tokens=None, temperature=None, top_k=No
 
 def serve(export_root=DEFAULT_EXPORT_ROOT, host="127.0.0.1", port=8501, **options):
     """Serves every model under `export_root` over TF Serving's REST API until interrupted."""
-    from zoo.serving import serve as serve_forever
+    from serving.server import serve as serve_forever
 
     serve_forever(export_root, host=host, port=port, **options)
 
 
-def _not_an_export(export_dir, recipe, loaded):
-    return ValueError(f"{export_dir!r} is not a zoo {recipe} export (signatures: {', '.join(sorted(loaded.signatures))}).")
+def _not_an_export(export_dir, signature, loaded):
+    return ValueError(
+        f"{export_dir!r} has no {signature!r} signature (it has: {', '.join(sorted(loaded.signatures))})."
+    )
 
 
 def _as_list(texts):

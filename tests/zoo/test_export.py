@@ -74,7 +74,8 @@ def shared_exports():
         if name == "classifier":
             recipe.label_names = list(LABELS)
         model = recipe.build_model()
-        path = export.export_recipe(recipe, model, os.path.join(root, name, "1"), top_k=TOP_K, metrics={"accuracy": np.float32(0.25)})
+        options = {"top_k": TOP_K} if name == "bert-mlm" else {}
+        path = recipe.export(model, os.path.join(root, name, "1"), metrics={"accuracy": np.float32(0.25)}, **options)
         exports[name] = (recipe, model, path)
     return root, exports
 
@@ -289,7 +290,7 @@ def test_export_refuses_to_overwrite(exports, tmp_path):
     target.mkdir(parents=True)
     (target / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="already exists"):
-        export.export_recipe(recipe, model, str(target))
+        recipe.export(model, str(target))
     assert os.listdir(target) == ["keep.txt"]
     assert sorted(os.listdir(target.parent)) == ["1"]
 
@@ -300,13 +301,13 @@ def test_export_after_in_process_generation(exports, tmp_path):
     recipe, model, _ = exports["gpt-clm"]
     model.generate([[SEP_ID, 10]], max_new_tokens=2)
     assert model._generate_functions
-    path = export.export_recipe(recipe, model, str(tmp_path / "gpt" / "1"))
+    path = recipe.export(model, str(tmp_path / "gpt" / "1"))
     assert os.path.isfile(os.path.join(path, "saved_model.pb"))
 
 
 def test_generation_compiled_with_xla_in_the_export_gives_the_same_text(exports, tmp_path):
     recipe, model, default_path = exports["gpt-clm"]
-    path = export.export_recipe(recipe, model, str(tmp_path / "gpt" / "1"), jit_compile=True)
+    path = recipe.export(model, str(tmp_path / "gpt" / "1"), jit_compile=True)
     assert export.read_metadata(path)["export_options"]["jit_compile"] is True
     assert export.read_metadata(default_path)["export_options"]["jit_compile"] is False
     compiled, default = (tf.saved_model.load(p).signatures["generate"] for p in (path, default_path))
@@ -328,14 +329,15 @@ def test_export_errors_name_the_problem(exports, tmp_path):
     recipe, model, _ = exports["classifier"]
     clone = recipe.with_overrides()
     clone.tokenizer = None
-    with pytest.raises(ValueError, match="tokenizer is not set"):
-        export.export_recipe(clone, model, str(tmp_path / "a"))
-    clone = recipe.with_overrides()
-    clone.name = "seq2seq"
-    with pytest.raises(ValueError, match="exportable recipes: bert-mlm, classifier, gpt-clm"):
-        export.export_recipe(clone, model, str(tmp_path / "b"))
-    with pytest.raises(ValueError, match="jit_compile compiles gpt-clm's generate signature; a classifier export has none"):
-        export.export_recipe(recipe, model, str(tmp_path / "c"), jit_compile=True)
+    with pytest.raises(ValueError, match="no tokenizer yet"):
+        clone.export(model, str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="A classifier export has no option 'jit_compile'. Its options: none"):
+        recipe.export(model, str(tmp_path / "c"), jit_compile=True)
+    mlm_recipe, mlm_model, _ = exports["bert-mlm"]
+    with pytest.raises(ValueError, match="A bert-mlm export has no option 'jit_compile'. Its options: top_k: "):
+        mlm_recipe.export(mlm_model, str(tmp_path / "d"), jit_compile=True)
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        mlm_recipe.export(mlm_model, str(tmp_path / "e"), top_k=0)
     assert os.listdir(tmp_path) == []
 
 
@@ -367,7 +369,7 @@ def test_interrupted_export_leaves_nothing_behind(exports, tmp_path, monkeypatch
         expected = OSError
     target = tmp_path / "gpt" / "1"
     with pytest.raises(expected):
-        export.export_recipe(recipe, model, str(target))
+        recipe.export(model, str(target))
     assert not target.exists()
     assert os.listdir(tmp_path / "gpt") == []  # no temporary sibling left
 
@@ -442,13 +444,13 @@ def test_fill_mask_and_generate_commands(exports, capsys):
     assert capsys.readouterr().out == "def " + continuation + "\n"
     # Unset settings come from the export's defaults (greedy, up to sequence_length - 1 tokens here).
     assert export_commands.generate(gpt_path, ["def "]) == recipe.generate_text(model, ["def "], temperature=0.0, max_new_tokens=31)
-    with pytest.raises(ValueError, match="not a zoo gpt-clm export"):
+    with pytest.raises(ValueError, match="has no .generate. signature"):
         export_commands.generate(mlm_path, "def ")
 
 
 def test_encoder_exports_offer_a_sentence_embedding(exports):
     """`embed` = the encoder's outputs mean-pooled over real tokens and L2-normalised."""
-    from zoo.models.hf_bert import sentence_embedding
+    from zoo.converters.hf_bert import sentence_embedding
 
     texts = ["the cat sat", "", "a much longer sentence about dogs and cats and birds"]
     for name in ("classifier", "bert-mlm"):
@@ -532,3 +534,74 @@ def test_export_metadata_records_the_preprocessor(exports):
         assert described["class"] == kind
         assert described["sequence_length"] == SHAPE["sequence_length"]
         assert described["truncation"] and described["special_token_ids"]["[SEP]"] == SEP_ID
+
+
+# -- ids-only exports (stock TF Serving) and warm-up requests --------------------------------------
+
+IDS_ONLY_SCRIPT = """
+import json, sys
+sys.modules["tensorflow_text"] = None  # the stock TF Serving image has no tensorflow_text ops
+import numpy as np
+import tensorflow as tf
+calls = json.loads(sys.argv[1])
+results = {}
+for name, (path, signature, inputs) in calls.items():
+    function = tf.saved_model.load(path).signatures[signature]
+    outputs = function(**{k: tf.constant(np.asarray(v["value"], dtype=v["dtype"])) for k, v in inputs.items()})
+    results[name] = {k: v.numpy().tolist() for k, v in outputs.items() if v.dtype != tf.string}
+print(json.dumps(results))
+"""
+
+
+def test_ids_only_exports_load_and_run_without_tensorflow_text(exports, tmp_path):
+    token_ids = [[CLS_ID, 7, 9, MASK_ID, SEP_ID], [CLS_ID, 8, SEP_ID, PAD_ID, PAD_ID]]
+    padding_mask = [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    settings = {"max_new_tokens": NEW_TOKENS, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+    ids = {"token_ids": {"value": token_ids, "dtype": "int32"}, "padding_mask": {"value": padding_mask, "dtype": "int32"}}
+    prompts = {"token_ids": {"value": [[SEP_ID, 10, 11], [SEP_ID, 12, PAD_ID]], "dtype": "int32"},
+               "lengths": {"value": [3, 2], "dtype": "int32"},
+               **{k: {"value": v, "dtype": "float32" if isinstance(v, float) else "int32"} for k, v in settings.items()}}
+    calls, expected = {}, {}
+    for name, signature, inputs in [("classifier", "classify_ids", ids), ("bert-mlm", "fill_mask_ids", ids),
+                                    ("gpt-clm", "generate_ids", prompts)]:
+        recipe, model, full_path = exports[name]
+        path = recipe.export(model, str(tmp_path / name / "1"), ids_only=True, **({"top_k": TOP_K} if name == "bert-mlm" else {}))
+        metadata = export.read_metadata(path)
+        assert metadata["ids_only"] is True
+        assert set(metadata["signatures"]) == {signature, "serving_default"}
+        assert metadata["signatures"]["serving_default"] == metadata["signatures"][signature]
+        assert os.path.isfile(os.path.join(path, "assets", "tokenizer.json"))  # for the clients' tokenizers
+        calls[name] = (path, signature, inputs)
+        full = tf.saved_model.load(full_path).signatures[signature]
+        outputs = full(**{k: tf.constant(np.asarray(v["value"], dtype=v["dtype"])) for k, v in inputs.items()})
+        expected[name] = {k: v.numpy().tolist() for k, v in outputs.items() if v.dtype != tf.string}
+        calls[name + "/default"] = (path, "serving_default", inputs)
+        expected[name + "/default"] = expected[name]
+    run = subprocess.run([sys.executable, "-c", IDS_ONLY_SCRIPT, json.dumps(calls)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    for name in expected:
+        for key, value in expected[name].items():
+            np.testing.assert_allclose(np.asarray(results[name][key], np.float64), np.asarray(value, np.float64), atol=1e-5,
+                                       err_msg=f"{name}: {key}")
+    # The full exports, by contrast, need tensorflow_text: the same loader fails on them.
+    path = exports["classifier"][2]
+    blocked = subprocess.run([sys.executable, "-c", IDS_ONLY_SCRIPT, json.dumps({"c": (path, "classify_ids", ids)})],
+                             capture_output=True, text=True, timeout=600)
+    assert blocked.returncode != 0 and "Op type not registered" in blocked.stderr
+
+
+def test_warmup_requests_cover_every_signature_and_run(exports):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    for name, (recipe, model, path) in exports.items():
+        loaded = tf.saved_model.load(path)
+        records = list(tf.data.TFRecordDataset(os.path.join(path, export.WARMUP_FILE)).as_numpy_iterator())
+        requests = [prediction_log_pb2.PredictionLog.FromString(record).predict_log.request for record in records]
+        assert sorted(r.model_spec.signature_name for r in requests) == sorted(set(loaded.signatures) - {"serving_default"})
+        assert all(r.model_spec.name == name for r in requests)
+        for request in requests:  # each replays as TF Serving would at load time
+            inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+            outputs = loaded.signatures[request.model_spec.signature_name](**{k: tf.constant(v) for k, v in inputs.items()})
+            assert outputs, request.model_spec.signature_name

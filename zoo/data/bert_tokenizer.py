@@ -33,7 +33,7 @@ Where the Unicode tables of the two implementations disagree (TensorFlow's RE2 i
 the `unicode_categories` tables Hugging Face classifies punctuation, marks and controls with),
 the tokenizer follows Hugging Face: `_RE2_ONLY_MN`, `_RE2_ONLY_PUNCTUATION` and their siblings
 list the code points. The remaining, measured differences (case mappings and decompositions of
-characters encoded since Unicode 13) are listed in zoo/models/hf_bert.py.
+characters encoded since Unicode 13) are listed in zoo/converters/hf_bert.py.
 """
 
 import keras

@@ -1,15 +1,15 @@
 """Preprocessors: the one place where text becomes the ids a model takes.
 
-Every recipe has one (`recipe.preprocessor`), a Keras layer of TensorFlow ops around the
-recipe's tokenizer. The tf.data pipelines, generation, evaluation and every export signature
+Every task has one (`task.preprocessor`), a Keras layer of TensorFlow ops around the
+task's tokenizer. The tf.data pipelines, generation, evaluation and every export signature
 call it, so training, evaluation and serving see the same ids by construction.
 
-- `EncoderPreprocessor` (classifier, distill): a text becomes `[CLS] tokens [SEP]`, keeping its
+- `EncoderPreprocessor` (text classification): a text becomes `[CLS] tokens [SEP]`, keeping its
   first `sequence_length - 2` tokens, right-padded with `[PAD]`.
-- `MaskedLMPreprocessor` (bert-mlm, multitask): the same packing, plus BERT's dynamic masking
+- `MaskedLMPreprocessor` (masked language modelling): the same packing, plus BERT's dynamic masking
   (of the selected tokens, 80% become `[MASK]`, 10% a random token, 10% stay) and the
   tokenization of raw text holding literal "[MASK]" markers (the fill-mask signature).
-- `CausalLMPreprocessor` (gpt-clm): a document becomes its tokens followed by the end-of-document
+- `CausalLMPreprocessor` (causal language modelling): a document becomes its tokens followed by the end-of-document
   token `[SEP]`; training concatenates those into one stream cut into blocks (see
   `zoo.data.pipelines`), and a prompt becomes `[SEP]` followed by its tokens, as a document
   starts in that stream.
@@ -17,7 +17,7 @@ call it, so training, evaluation and serving see the same ids by construction.
 The sequence length and the truncation rule are decided here, once: they are the layer's
 config, saved beside every checkpoint (`preprocessor.json`, next to `tokenizer/`) and in every
 export's metadata. `load_preprocessor(directory)` rebuilds the layer from a checkpoint
-directory without the recipes package.
+directory without the code that trained it.
 
 Example:
 >>> preprocessor = EncoderPreprocessor(tokenizer, sequence_length=8)

@@ -352,7 +352,7 @@ def load_tokenizer(directory):
             f"{config['vocabulary_size']}: the directory is corrupt, delete it and retrain."
         )
     normalization = config.get("normalization", "keras-hub")
-    if normalization == "bert":  # a Hugging Face BERT checkpoint's tokenization (zoo.models.hf_bert)
+    if normalization == "bert":  # a Hugging Face BERT checkpoint's tokenization (zoo.converters.hf_bert)
         from zoo.data.bert_tokenizer import BertTokenizer
 
         return BertTokenizer(

