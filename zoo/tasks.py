@@ -65,7 +65,11 @@ class Task:
         if quantize is not None:
             if quantize not in QUANTIZATION_MODES:
                 raise ValueError(f"Unknown quantization {quantize!r}; expected one of {', '.join(QUANTIZATION_MODES)}.")
-            model.quantize(quantize)
+            import warnings
+
+            with warnings.catch_warnings():  # norms and position tables stay float32, as intended
+                warnings.filterwarnings("ignore", message=r".*does not have a `quantize` method")
+                model.quantize(quantize)
         name, config = self.export_metadata()
         module = self.export_module(model, **given)
         return export_savedmodel(module, path, name, config=config, metrics=metrics, ids_only=ids_only,

@@ -1,6 +1,6 @@
 """Formats other tools read: the Hugging Face layout and ONNX.
 
-- `zoo.converters.hf_export`: gpt-clm as `GPT2LMHeadModel`, encoders as `BertModel` /
+- `zoo.converters.hf_export`: decoders as `GPT2LMHeadModel`, encoders as `BertModel` /
   `BertForMaskedLM` (a classifier: `BertModel` plus sentence-transformers head modules), and
   the imports back (`import_gpt2`, `import_bert_classifier`; `zoo.converters.hf_bert` for BERT).
 - `zoo.converters.hf_tokenizer`: the zoo's tokenizers as `tokenizer.json` and friends, and back.

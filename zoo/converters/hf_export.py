@@ -3,7 +3,7 @@
 Export (each a new directory, written beside its final name and renamed into place; an existing
 directory is never overwritten):
 
-- `export_gpt2(decoder, tokenizer, directory)`: a gpt-clm `Decoder` as `GPT2LMHeadModel`:
+- `export_gpt2(decoder, tokenizer, directory)`: a causal LM's `Decoder` as `GPT2LMHeadModel`:
   `config.json`, `model.safetensors` (float32), `generation_config.json` and the tokenizer
   files (`zoo.converters.hf_tokenizer`: `tokenizer.json` with the zoo's byte-level BPE).
 - `export_bert(encoder, tokenizer, directory, ...)`: an `Encoder` as `BertModel`; with a
@@ -11,7 +11,7 @@ directory is never overwritten):
   sentence-transformers modules for the head (see below). Tokenizer files: `vocab.txt`,
   `tokenizer.json` (WordPiece), `tokenizer_config.json` (`do_lower_case` from the tokenizer).
 
-Import: `import_gpt2(directory)` (a `Decoder` and the BPE tokenizer, for gpt-clm's
+Import: `import_gpt2(directory)` (a `Decoder` and the BPE tokenizer, for a causal LM's
 `init_from="hf:<dir>"`), `import_bert_classifier(directory)` (a `TextClassifier`);
 `zoo.converters.hf_bert` imports `BertModel` and `BertForMaskedLM`. Export then import gives back
 every weight bit for bit (the conversions are transposes and reshapes of float32 arrays).
@@ -214,7 +214,7 @@ def export_gpt2(decoder, tokenizer, directory, max_new_tokens=None, recipe=None,
     """Writes `decoder` (a zoo `Decoder`) and its BPE `tokenizer` as a `GPT2LMHeadModel` directory.
 
     Args:
-        decoder, tokenizer: a gpt-clm's decoder and byte-level BPE tokenizer.
+        decoder, tokenizer: a causal LM's decoder and byte-level BPE tokenizer.
         directory: the directory to create (it must not exist).
         max_new_tokens: `generation_config.json`'s default continuation length.
         recipe, config, metrics: recorded in `zoo_metadata.json`.
@@ -262,7 +262,7 @@ def import_gpt2(directory, dtype=None):
     config_path = os.path.join(directory, CONFIG_FILE)
     config = read_json(config_path)
     if config.get("model_type") != "gpt2":
-        raise ValueError(f"{config_path}: model_type is {config.get('model_type')!r}; a gpt-clm imports 'gpt2' checkpoints.")
+        raise ValueError(f"{config_path}: model_type is {config.get('model_type')!r}; a causal LM imports 'gpt2' checkpoints.")
     missing = [field for field in GPT2_REQUIRED_FIELDS if field not in config]
     if missing:
         raise ValueError(f"{config_path}: missing field(s) {', '.join(missing)}.")
@@ -474,7 +474,7 @@ def export_bert(encoder, tokenizer, directory, masked_lm_head=None, classificati
     Args:
         encoder, tokenizer: the encoder and its WordPiece tokenizer.
         directory: the directory to create (it must not exist).
-        masked_lm_head: a bert-mlm's `MaskedLMHead`: the directory is `BertForMaskedLM`.
+        masked_lm_head: a masked LM's `MaskedLMHead`: the directory is `BertForMaskedLM`.
         classification_head: a classifier's `ClassificationHead`: `BertModel` plus the
             sentence-transformers modules of the head (module docstring); `label_names` go
             into `id2label` / `label2id`.

@@ -9,14 +9,14 @@ shape `[batch, length]` (both dynamic) and a dict of float32 outputs; `export_on
 
 The models of the recipes:
 
-| recipe            | inputs                                            | outputs                                  |
+| model             | inputs                                            | outputs                                  |
 |-------------------|---------------------------------------------------|------------------------------------------|
-| gpt-clm           | token_ids                                         | logits `[B, T, vocabulary]`              |
-| bert-mlm          | token_ids, padding_mask (1 at real tokens), mask_positions `[B, P]` | logits `[B, P, vocabulary]` |
-| classifier, distill | token_ids, padding_mask                         | logits, probabilities `[B, classes]`     |
+| causal LM         | token_ids                                         | logits `[B, T, vocabulary]`              |
+| masked LM         | token_ids, padding_mask (1 at real tokens), mask_positions `[B, P]` | logits `[B, P, vocabulary]` |
+| text classifier   | token_ids, padding_mask                         | logits, probabilities `[B, classes]`     |
 
 Clients tokenize with `tokenizers.Tokenizer.from_file("tokenizer.json")`: `encode(text).ids`
-is what the zoo's preprocessor packs (gpt-clm: `[SEP]` then the text; encoders: `[CLS] text
+is what the zoo's preprocessor packs (causal LM: `[SEP]` then the text; encoders: `[CLS] text
 [SEP]`, truncated to the model's `sequence_length` by the client).
 
 Two repairs of the converted graph, both with the `onnx` package: TensorFlow writes the exact

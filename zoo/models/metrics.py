@@ -94,7 +94,7 @@ def sparse_accuracy(y_true, y_pred):
 class SparseAccuracy(keras.metrics.MeanMetricWrapper):
     """`keras.metrics.SparseCategoricalAccuracy` from integer labels and logits, computed by `sparse_accuracy`.
 
-    Same numbers, several times cheaper over a large vocabulary (the gpt-clm recipe's
+    Same numbers, several times cheaper over a large vocabulary (the causal LM recipe's
     accuracy over every position's logits).
     """
 
@@ -208,7 +208,7 @@ class MacroClassificationMetric(keras.metrics.Metric):
 
 
 def classification_metrics(num_classes):
-    """The metrics every classifier-like recipe compiles: accuracy and macro precision, recall, F1."""
+    """The metrics of a text classifier: accuracy and macro precision, recall, F1."""
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] + [
         MacroClassificationMetric(num_classes, kind) for kind in MacroClassificationMetric.KINDS
     ]

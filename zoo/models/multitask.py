@@ -40,7 +40,7 @@ def pcgrad_project(gradients_per_task):
     ORIGINAL gradients (never another task's projected one); the dot product uses g_i as
     projected so far, as in Algorithm 1 of the paper. The paper visits the other tasks in a
     random order; here the order is fixed (list order), so a training step is deterministic.
-    With two tasks, as in the multitask recipe, there is only one other task and the order
+    With two tasks, as here (masked LM and classification), there is only one other task and the order
     does not matter. Non-conflicting gradients (dot product >= 0) are returned unchanged.
 
     Args:
@@ -102,6 +102,10 @@ class TaskWeighting(keras.layers.Layer):
         if len(store.keys()) == 0:
             return
         super().load_own_variables(store)
+
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=True, **kwargs):
+        """Keras' summary, by default with the encoder's embeddings, norms and blocks listed."""
+        return super().summary(line_length, positions, print_fn, expand_nested=expand_nested, **kwargs)
 
     def get_config(self):
         return {**super().get_config(), "num_tasks": self.num_tasks}
