@@ -61,21 +61,12 @@ class RecipeConfig:
     def validate(self):
         """Raises ValueError naming the first field whose value cannot train (a negative or NaN
         learning rate, dropout of 1, zero layers...). Runs on every config, presets and overrides."""
-        import math
-
         from zoo.optimization import DECAYS
 
         def check(name, ok, requirement):
-            value = getattr(self, name)
-            if not ok(value):
-                raise ValueError(f"{name} must be {requirement}, got {value!r}. Give another value (on the command "
-                                 f"line: --set {name}=VALUE).")
+            check_field(self, name, ok, requirement)
 
-        def number(value):
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-        def integer(value):
-            return isinstance(value, int) and not isinstance(value, bool)
+        number, integer = is_finite_number, is_integer
 
         for name in ("vocabulary_size", "sequence_length", "num_layers", "hidden_dim", "num_heads",
                      "intermediate_dim", "batch_size", "total_steps", "gradient_accumulation_steps"):
@@ -91,6 +82,25 @@ class RecipeConfig:
         check("tokenizer", lambda v: v in ("wordpiece", "bpe"), "one of wordpiece, bpe")
         if self.tokenizer == "bpe" and self.lowercase:
             raise ValueError("tokenizer=bpe keeps every byte of the text and cannot lowercase: set lowercase=false.")
+
+
+def check_field(config, name, ok, requirement):
+    """Raises ValueError when `ok(config.<name>)` is false: the field, the requirement, the value
+    and how to give another (for `RecipeConfig.validate` and its subclasses)."""
+    value = getattr(config, name)
+    if not ok(value):
+        raise ValueError(f"{name} must be {requirement}, got {value!r}. Give another value (on the command "
+                         f"line: --set {name}=VALUE).")
+
+
+def is_finite_number(value):
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Recipe(Task):

@@ -26,6 +26,33 @@ class DistillConfig(ClassifierConfig):
     teacher: str = ""  # a classifier run directory, checkpoint directory or .keras file (required to train)
     alpha: float = 0.5  # weight of the label cross-entropy; 1 - alpha weighs the teacher term
     temperature: float = 2.0  # softmax temperature of the teacher term
+    # A transfer set beyond the labelled examples, on which the student learns the teacher's soft
+    # targets only (no label term): none | unlabelled (the training split's other texts, without
+    # their labels; needs shots_per_class) | augmented (a copy of each labelled text, corrupted
+    # afresh every pass by transfer_augment, a `--shifts`-style spec). With alpha = 1 (the student
+    # alone) there is no teacher term and no transfer set.
+    transfer: str = "none"
+    transfer_augment: str = "char_noise=0.1,word_dropout=0.2"
+
+    def validate(self):
+        super().validate()
+        from zoo.data.shifts import Augmentation
+
+        if self.transfer not in TRANSFER_SETS:
+            raise ValueError(f"transfer must be one of {', '.join(TRANSFER_SETS)}, got {self.transfer!r}. Give another "
+                             "value (on the command line: --set transfer=VALUE).")
+        if self.transfer == "unlabelled" and not self.shots_per_class:
+            raise ValueError("transfer=unlabelled uses the training texts beyond the labelled few: set shots_per_class "
+                             "(e.g. --shots-per-class 50).")
+        if self.transfer == "augmented":
+            try:
+                if Augmentation.parse(self.transfer_augment) is None:
+                    raise ValueError("it is empty")
+            except ValueError as error:
+                raise ValueError(f"transfer_augment={self.transfer_augment!r}: {error}") from None
+
+
+TRANSFER_SETS = ("none", "unlabelled", "augmented")
 
 
 def _student(preset, layers, hidden, heads, **kwargs):
@@ -123,6 +150,30 @@ class DistillRecipe(ClassifierRecipe):
             )
         return examples
 
+    def training_set(self, source, texts, labels):
+        """The labelled examples and, with `transfer`, the transfer set after them with label -1."""
+        texts, labels, options = super().training_set(source, texts, labels)
+        transfer = self.config.transfer
+        if transfer == "none" or self.config.alpha >= 1.0:  # alpha 1, the student alone: labels only
+            return texts, labels, options
+        if transfer == "unlabelled":
+            import collections
+
+            labelled = collections.Counter(texts)
+            others = []
+            for text in self.examples(source, "train").texts:
+                if labelled[text]:
+                    labelled[text] -= 1
+                else:
+                    others.append(text)
+            return list(texts) + others, list(labels) + [-1] * len(others), options
+        from zoo.data.shifts import Augmentation
+
+        # Copies with their own augmentation (the last); the labelled texts keep `augment`, if any.
+        augmentations = ((options["augment"],) if options else ()) + (Augmentation.parse(self.config.transfer_augment),)
+        index = [0 if options else -1] * len(texts) + [len(augmentations) - 1] * len(texts)
+        return list(texts) * 2, list(labels) + [-1] * len(texts), {"augment": augmentations, "augment_index": index}
+
     # -- model ---------------------------------------------------------------------------
 
     def build_model(self, total_steps=None, jit_compile="auto"):
@@ -144,9 +195,10 @@ class DistillRecipe(ClassifierRecipe):
     def compile_model(self, model, total_steps=None, jit_compile="auto"):
         if not isinstance(model, DistillationModel):  # a saved student: evaluate it as a classifier
             return super().compile_model(model, total_steps=total_steps, jit_compile=jit_compile)
+        # Weighted, so that the transfer set's texts (weight 0, no label) stay out of them.
         model.compile(
             optimizer=self.make_optimizer(total_steps),
-            metrics=classification_metrics(model.student.num_classes),
+            weighted_metrics=classification_metrics(model.student.num_classes),
             jit_compile=jit_compile,
         )
 
@@ -156,13 +208,10 @@ class DistillRecipe(ClassifierRecipe):
         """Saves the student alone (a `TextClassifier`): the teacher is an input, not a result."""
         super().save(model.student if isinstance(model, DistillationModel) else model, directory)
 
-    def export(self, model, path, **options):
-        """Exports the student as a `classifier` SavedModel."""
-        from recipes.multitask import _ClassifierView
-        from zoo.export import export_recipe
-
-        student = model.student if isinstance(model, DistillationModel) else model
-        return export_recipe(_ClassifierView(self), student, path, **options)
+    def classification_model(self, model):
+        """The student of a `DistillationModel` (what is saved, evaluated and exported); any other
+        model (a saved student) as it is."""
+        return model.student if isinstance(model, DistillationModel) else model
 
 
 def distillation_gain(

@@ -98,3 +98,89 @@ def test_length_buckets_partition_by_words_or_tokens():
         shifts.length_buckets(TEXTS, labels, unit="tokens")
     with pytest.raises(ValueError, match="strictly increasing"):
         shifts.length_buckets(TEXTS, labels, boundaries=[12, 9])
+
+
+# -- training augmentation: the TensorFlow versions ----------------------------------------------
+
+
+def tf_corrupt(function, texts, value, seed=0, epoch=0):
+    """`function` applied to each text with the key of (seed, epoch, its index), as Python strings."""
+    import tensorflow as tf
+
+    return [
+        function(tf.constant(text), value, shifts.augmentation_key(seed, epoch, index)).numpy().decode("utf-8")
+        for index, text in enumerate(texts)
+    ]
+
+
+@pytest.mark.parametrize(
+    "function, value",
+    [("tf_character_noise", 0.3), ("tf_word_dropout", 0.3), ("tf_change_case", "random")],
+)
+def test_tf_corruptions_are_a_function_of_the_key(function, value):
+    corrupt = getattr(shifts, function)
+    first, again = tf_corrupt(corrupt, TEXTS, value), tf_corrupt(corrupt, TEXTS, value)
+    assert first == again and first != TEXTS
+    assert first != tf_corrupt(corrupt, TEXTS, value, seed=1)  # another seed
+    assert first != tf_corrupt(corrupt, TEXTS, value, epoch=1)  # another pass
+    assert first[:6] != first[6:12]  # the same text at another index: another draw
+
+
+def test_tf_character_noise_edits_letters_at_the_rate_and_leaves_the_rest():
+    assert tf_corrupt(shifts.tf_character_noise, TEXTS, 0.0) == TEXTS
+    light = tf_corrupt(shifts.tf_character_noise, TEXTS, 0.1)
+    heavy = tf_corrupt(shifts.tf_character_noise, TEXTS, 0.3)
+    mean = lambda noisy: sum(distance(a, b) for a, b in zip(TEXTS, noisy)) / len(TEXTS)
+    python_heavy = shifts.character_noise(TEXTS, 0.3, seed=0)
+    assert 0.0 < mean(light) < mean(heavy) < 0.6, (mean(light), mean(heavy))
+    assert abs(mean(heavy) - mean(python_heavy)) < 0.05  # the same rate as the Python version
+    for clean, noisy in zip(TEXTS, heavy):
+        for character in " ,;34":
+            assert noisy.count(character) == clean.count(character), (clean, noisy)
+    # Letters beyond ASCII are letters too; a substitute keeps the case.
+    accented = tf_corrupt(shifts.tf_character_noise, ["ÉÉÉÉÉÉÉÉÉÉÉÉ"], 1.0)[0]
+    assert accented != "ÉÉÉÉÉÉÉÉÉÉÉÉ" and accented == accented.upper()
+    with pytest.raises(ValueError, match="rate must be in"):
+        tf_corrupt(shifts.tf_character_noise, TEXTS, 1.5)
+
+
+def test_tf_word_dropout_drops_words_but_never_empties_a_text():
+    assert tf_corrupt(shifts.tf_word_dropout, TEXTS, 0.0) == TEXTS
+    dropped = tf_corrupt(shifts.tf_word_dropout, TEXTS, 0.2)
+    kept = sum(len(t.split()) for t in dropped) / sum(len(t.split()) for t in TEXTS)
+    assert 0.6 < kept < 0.95, kept
+    for clean, noisy in zip(TEXTS, dropped):
+        remaining = iter(clean.split())
+        assert all(word in remaining for word in noisy.split())
+    everything = tf_corrupt(shifts.tf_word_dropout, TEXTS, 1.0)
+    assert all(len(t.split()) == 1 and t in clean.split() for t, clean in zip(everything, TEXTS))
+    assert tf_corrupt(shifts.tf_word_dropout, ["", "   "], 1.0) == ["", "   "]
+
+
+def test_tf_change_case_equals_the_python_modes():
+    texts = ["A Cat, a DOG", "they're 3rd-rate", "Éclair and ÉCLAIR"]
+    for mode in ("upper", "lower", "title"):
+        assert tf_corrupt(shifts.tf_change_case, texts, mode) == shifts.change_case(texts, mode), mode
+    randomised = tf_corrupt(shifts.tf_change_case, TEXTS, "random")
+    assert [t.lower() for t in randomised] == [t.lower() for t in TEXTS]
+
+
+def test_augmentation_spec_probability_and_errors():
+    import tensorflow as tf
+
+    augmentation = shifts.Augmentation.parse("char_noise=0.2,word_dropout=0.2,case=lower", probability=0.5)
+    assert augmentation.shifts == (("char_noise", 0.2), ("word_dropout", 0.2), ("case", "lower"))
+    assert shifts.Augmentation.parse("") is None and shifts.Augmentation.parse("  ") is None
+    text = tf.constant(TEXTS[2])
+    outputs = [augmentation.apply(text, shifts.augmentation_key(0, 0, index)).numpy().decode() for index in range(120)]
+    clean = sum(output == TEXTS[2] for output in outputs) / len(outputs)
+    assert 0.3 < clean < 0.7, clean  # half the examples stay clean
+    assert all(output == output.lower() for output in outputs if output != TEXTS[2])
+    always = shifts.Augmentation.parse("word_dropout=0.5")
+    assert always.apply(text, shifts.augmentation_key(0, 0, 0)).numpy().decode() != TEXTS[2]
+    with pytest.raises(ValueError, match="Cannot augment with 'length'"):
+        shifts.Augmentation.parse("char_noise=0.1,length=8")
+    with pytest.raises(ValueError, match="Unknown shift 'typos'"):
+        shifts.Augmentation.parse("typos=0.1")
+    with pytest.raises(ValueError, match="augment_probability must be in"):
+        shifts.Augmentation.parse("char_noise", probability=2.0)

@@ -19,12 +19,17 @@ new iterator, and Keras opens more than one (its symbolic build under a strategy
 run): the same dataset would then feed different data. With `repeat=True` the passes follow
 each other: 0, 1, 2, ...
 
+Classification training can corrupt its texts on the fly (`augment`: typos, dropped words, case,
+see `zoo.data.shifts.Augmentation`) before tokenization, with stateless draws keyed by (seed,
+pass number, example index): a replayed stream replays the same corruptions too.
+
 Every function takes the recipe's preprocessor (`zoo.data.preprocessing`), which does all the
 text-to-ids work: tokenizing, packing, masking; these functions only order, cut and batch.
 """
 
 import tensorflow as tf
 
+from zoo.data import shifts
 from zoo.data.errors import NotEnoughDataError
 
 SHUFFLE_BUFFER_BLOCKS = 4096
@@ -106,6 +111,9 @@ def classification_dataset(
     seed=0,
     repeat=False,
     drop_remainder=False,
+    augment=None,
+    augment_index=None,
+    augmented_view=False,
 ):
     """Texts packed by the preprocessor (`[CLS] tokens [SEP] [PAD]...`) with their labels.
 
@@ -113,16 +121,26 @@ def classification_dataset(
 
     Args:
         texts: list of strings.
-        labels: list of integer class ids, one per text.
+        labels: list of integer class ids, one per text (the distillation transfer set uses
+            -1 for texts without a label).
         preprocessor: a `zoo.data.preprocessing.EncoderPreprocessor` (or a subclass).
         batch_size, shuffle, seed, repeat: as in `causal_lm_dataset` (shuffling is over
             examples, buffer = the whole list).
         drop_remainder: drop the last partial batch. Training under tf.distribute or XLA
             wants True; evaluation wants False so every example counts.
+        augment: a `zoo.data.shifts.Augmentation` (or a tuple of them, see `augment_index`)
+            that corrupts each text on the fly, before tokenization. Each example's draws
+            are keyed by (seed, pass number, its index in `texts`): the same pass of the same
+            seed corrupts every example the same way whatever the batch, process or resume,
+            and every new pass corrupts it afresh.
+        augment_index: with a tuple of augmentations, which one each example gets (one int
+            per text; -1: none). Default: the first, for every example.
+        augmented_view: keep the clean text as the input and add the corrupted one beside it
+            (`augmented_token_ids`, `augmented_padding_mask`), for consistency training.
 
     Returns:
         A `tf.data.Dataset` of `({"token_ids": [B, T] int32, "padding_mask": [B, T] bool},
-        labels [B] int32)`.
+        labels [B] int32)`; with `augmented_view` the dict also holds the corrupted view.
     """
     sequence_length = preprocessor.sequence_length
     _check_sizes(sequence_length, batch_size, minimum_length=3)
@@ -131,22 +149,51 @@ def classification_dataset(
         raise ValueError(f"Got {len(texts)} texts but {len(labels)} labels.")
     if not texts:
         raise NotEnoughDataError("classification_dataset needs at least one example.")
+    augmentations = tuple(augment) if isinstance(augment, (list, tuple)) else ((augment,) if augment is not None else ())
+    if augmented_view and not augmentations:
+        raise ValueError("augmented_view needs an augmentation (augment=...).")
+    if augment_index is None:
+        augment_index = [0 if augmentations else -1] * len(texts)
+    augment_index = [int(index) for index in augment_index]
+    if len(augment_index) != len(texts) or any(not -1 <= index < len(augmentations) for index in augment_index):
+        raise ValueError(f"augment_index needs one int in [-1, {len(augmentations)}) per text.")
+    indices = tf.range(len(texts), dtype=tf.int64)
+    choices = tf.constant(augment_index, tf.int32)
     texts, labels = tf.constant(texts, tf.string), tf.constant(labels, tf.int32)
 
+    def corrupt(epoch):
+        def one(text, label, index, choice):
+            key = shifts.augmentation_key(seed, epoch, index)
+            # Branch 0: clean; branch k + 1: augmentations[k].
+            branches = [lambda: text] + [lambda a=a: a.apply(text, key) for a in augmentations]
+            corrupted = tf.switch_case(choice + 1, branches)
+            return ((text, corrupted) if augmented_view else (corrupted,)) + (label,)
+
+        return one
+
     def one_pass(epoch):
-        if not shuffle:
-            return tf.data.Dataset.from_tensor_slices((texts, labels))
-        order = _permutation(tf.shape(texts)[0], seed, epoch)
-        return tf.data.Dataset.from_tensor_slices((tf.gather(texts, order), tf.gather(labels, order)))
+        order = _permutation(tf.shape(texts)[0], seed, epoch) if shuffle else tf.range(tf.shape(texts)[0])
+        examples = (tf.gather(texts, order), tf.gather(labels, order))
+        if not augmentations:
+            return tf.data.Dataset.from_tensor_slices(examples)
+        dataset = tf.data.Dataset.from_tensor_slices(examples + (tf.gather(indices, order), tf.gather(choices, order)))
+        return dataset.map(corrupt(epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     dataset = _passes(one_pass, repeat)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    # Packing forgets the static batch size that drop_remainder guarantees.
+    shape = [batch_size if drop_remainder else None, sequence_length]
 
-    def preprocess(text, label):
+    def pack(text):
         token_ids, padding_mask = preprocessor.pack(preprocessor.tokenize(text))
-        # Packing forgets the static batch size that drop_remainder guarantees.
-        shape = [batch_size if drop_remainder else None, sequence_length]
-        x = {"token_ids": tf.ensure_shape(token_ids, shape), "padding_mask": tf.ensure_shape(padding_mask, shape)}
+        return tf.ensure_shape(token_ids, shape), tf.ensure_shape(padding_mask, shape)
+
+    def preprocess(*batch):
+        text, label = batch[0], batch[-1]
+        token_ids, padding_mask = pack(text)
+        x = {"token_ids": token_ids, "padding_mask": padding_mask}
+        if augmented_view:
+            x["augmented_token_ids"], x["augmented_padding_mask"] = pack(batch[1])
         return x, tf.ensure_shape(label, shape[:1])
 
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)

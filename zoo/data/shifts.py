@@ -13,9 +13,15 @@ the same corrupted texts. The same seed always gives the same output; another se
 | `change_case(texts, mode, seed)` | upper / lower / title case, or each letter's case by a coin flip |
 | `length_buckets(texts, labels, boundaries)` | splits a labelled set into length buckets (words or tokens) |
 
-Pure Python: no TensorFlow, nothing downloaded.
+The functions above are pure Python (no TensorFlow, nothing downloaded), for building
+evaluation sets. Training augmentation (`Augmentation`: the same corruptions, as TensorFlow ops
+for a tf.data pipeline) draws from stateless random ops keyed by a seed tensor instead, so a
+pipeline gives the same corrupted text for the same (seed, pass, example) in any process; its
+draws differ from the Python functions' (same rates, other typos). TensorFlow is imported only
+when those ops are built.
 """
 
+import dataclasses
 import hashlib
 import random
 import statistics
@@ -192,3 +198,159 @@ def length_buckets(texts, labels, boundaries=None, unit="words", tokenizer=None)
         buckets[names[index]][0].append(text)
         buckets[names[index]][1].append(label)
     return buckets
+
+
+# -- training augmentation: the same corruptions as TensorFlow ops ------------------------------
+
+AUGMENT_KINDS = ("char_noise", "word_dropout", "case")
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Corruptions applied to a training text on the fly, as TensorFlow ops (`apply`).
+
+    Args:
+        shifts: ((kind, value), ...) in order of application: ("char_noise", rate),
+            ("word_dropout", rate), ("case", mode); see `parse`.
+        probability: the chance that an example is corrupted at all (else it stays clean).
+
+    `apply(text, key)` corrupts one scalar string with draws from stateless random ops keyed by
+    `key` (a `[2]` int tensor): the same key always gives the same text. The rules are those of
+    `character_noise`, `word_dropout` and `change_case`, with one difference in typos: a swap
+    whose neighbour is itself hit becomes a substitution (the Python version lets the swap
+    consume the neighbour), which keeps every letter's edit independent of the letters before it.
+    """
+
+    shifts: tuple
+    probability: float = 1.0
+
+    @classmethod
+    def parse(cls, spec, probability=1.0):
+        """An `Augmentation` from a `--shifts`-style spec ("char_noise=0.1,word_dropout=0.2,case=random"),
+        or None for an empty spec. Kinds: char_noise, word_dropout, case (`length` selects
+        evaluation examples and is not a corruption; "all" includes it, so it is refused too)."""
+        from zoo.evaluation import parse_shifts
+
+        if not (spec or "").strip():
+            return None
+        if not 0.0 <= float(probability) <= 1.0:
+            raise ValueError(f"augment_probability must be in [0, 1], got {probability}.")
+        parsed = parse_shifts(spec)
+        refused = [kind for kind, _ in parsed if kind not in AUGMENT_KINDS]
+        if refused:
+            raise ValueError(
+                f"Cannot augment with {refused[0]!r} (in {spec!r}): training augmentation takes "
+                f"{', '.join(AUGMENT_KINDS)}, e.g. char_noise=0.1,word_dropout=0.2,case=random."
+            )
+        return cls(tuple(parsed), float(probability))
+
+    def apply(self, text, key):
+        """`text` (a scalar tf.string) corrupted with draws keyed by `key` (`[2]` int32/int64)."""
+        import tensorflow as tf
+
+        key = tf.cast(key, tf.int64)
+        corrupted = text
+        for index, (kind, value) in enumerate(self.shifts):
+            subkey = tf.random.experimental.stateless_fold_in(key, index + 1)
+            if kind == "char_noise":
+                corrupted = tf_character_noise(corrupted, value, subkey)
+            elif kind == "word_dropout":
+                corrupted = tf_word_dropout(corrupted, value, subkey)
+            else:
+                corrupted = tf_change_case(corrupted, value, subkey)
+        if self.probability >= 1.0:
+            return corrupted
+        chosen = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(key, 0)) < self.probability
+        return tf.where(chosen, corrupted, text)
+
+    def __str__(self):
+        items = ",".join(f"{kind}={value:g}" if isinstance(value, float) else f"{kind}={value}" for kind, value in self.shifts)
+        return items if self.probability >= 1.0 else f"{items} (p={self.probability:g})"
+
+
+def augmentation_key(seed, epoch, index, stream=0):
+    """The `[2]` int64 key of one example's corruption: a function of (seed, pass, example index, stream)."""
+    import tensorflow as tf
+
+    base = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    # A fixed first fold keeps these keys apart from the shuffles, which use [seed, pass] directly.
+    key = tf.random.experimental.stateless_fold_in(base, 0x61756700 + int(stream))
+    return tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))
+
+
+def _shift_left(values, fill):
+    """values[1:] followed by `fill`: the next element's value at each position (same length)."""
+    import tensorflow as tf
+
+    return tf.concat([values, tf.fill([1], fill)], axis=0)[1:]
+
+
+def _shift_right(values, fill):
+    """`fill` followed by values[:-1]: the previous element's value at each position (same length)."""
+    import tensorflow as tf
+
+    return tf.concat([tf.fill([1], fill), values], axis=0)[: tf.shape(values)[0]]
+
+
+def tf_character_noise(text, rate, key):
+    """`character_noise` of one scalar tf.string (letters: Unicode category L), keyed by `key`."""
+    import tensorflow as tf
+
+    _check_rate("rate", rate)
+    characters = tf.strings.unicode_split(text, "UTF-8")
+    count = tf.shape(characters)[0]
+    is_letter = tf.strings.regex_full_match(characters, r"\pL")
+    is_upper = tf.strings.regex_full_match(characters, r"\p{Lu}")
+    draws = tf.random.stateless_uniform([3, count], seed=key)
+    hit = is_letter & (draws[0] < rate)
+    kind = tf.minimum(tf.cast(draws[1] * len(TYPO_KINDS), tf.int32), len(TYPO_KINDS) - 1)
+    kind_is = {name: hit & tf.equal(kind, position) for position, name in enumerate(TYPO_KINDS)}
+    swap = kind_is["swap"] & _shift_left(is_letter, False) & ~_shift_left(hit, False)
+    substitute = kind_is["substitute"] | (kind_is["swap"] & ~swap)
+    consumed = _shift_right(swap, False)  # the right neighbour of a swap moved left
+    alphabet = tf.constant(list(string.ascii_lowercase) + list(string.ascii_uppercase))
+    letter_index = tf.minimum(tf.cast(draws[2] * 26, tf.int32), 25) + 26 * tf.cast(is_upper, tf.int32)
+    random_letters = tf.gather(alphabet, letter_index)
+    following = _shift_left(characters, "")
+    # Each position writes up to two characters: [first, second].
+    first = tf.where(substitute, random_letters, tf.where(swap, following, characters))
+    second = tf.where(swap, characters, random_letters)
+    keep_first = ~kind_is["delete"] & ~consumed
+    keep_second = kind_is["insert"] | swap
+    pieces = tf.reshape(tf.stack([first, second], axis=1), [-1])
+    keep = tf.reshape(tf.stack([keep_first, keep_second], axis=1), [-1])
+    return tf.strings.reduce_join(tf.boolean_mask(pieces, keep))
+
+
+def tf_word_dropout(text, rate, key):
+    """`word_dropout` of one scalar tf.string, keyed by `key` (one word always stays)."""
+    import tensorflow as tf
+
+    _check_rate("rate", rate)
+    words = tf.strings.split(text)
+    count = tf.shape(words)[0]
+    keep = tf.random.stateless_uniform([count], seed=key) >= rate
+    fallback = tf.cast(tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(key, 1)) * tf.cast(count, tf.float32), tf.int32)
+    keep = keep | (~tf.reduce_any(keep) & tf.equal(tf.range(count), tf.minimum(fallback, count - 1)))
+    joined = tf.strings.reduce_join(tf.boolean_mask(words, keep), separator=" ")
+    return tf.where(tf.reduce_all(keep), text, joined)
+
+
+def tf_change_case(text, mode, key):
+    """`change_case` of one scalar tf.string; "random" flips a coin per character keyed by `key`."""
+    import tensorflow as tf
+
+    if mode not in CASE_MODES:
+        raise ValueError(f"Unknown case mode {mode!r}; expected one of {', '.join(CASE_MODES)}.")
+    if mode == "upper":
+        return tf.strings.upper(text, encoding="utf-8")
+    if mode == "lower":
+        return tf.strings.lower(text, encoding="utf-8")
+    characters = tf.strings.unicode_split(text, "UTF-8")
+    upper, lower = tf.strings.upper(characters, encoding="utf-8"), tf.strings.lower(characters, encoding="utf-8")
+    if mode == "title":  # upper after a non-letter, lower after a letter (str.title's rule)
+        is_letter = tf.strings.regex_full_match(characters, r"\pL")
+        chosen = ~_shift_right(is_letter, False)
+    else:
+        chosen = tf.random.stateless_uniform([tf.shape(characters)[0]], seed=key) < 0.5
+    return tf.strings.reduce_join(tf.where(chosen, upper, lower))
