@@ -246,7 +246,8 @@ def bert_inputs(vocabulary_size, shape=(2, 9)):
 
 
 def test_bert_masked_lm_export_computes_bert_and_imports_back_bit_exact(uncased_wordpiece, tmp_path):
-    from zoo.models import MaskedLM, hf_bert
+    from zoo.converters import hf_bert
+    from zoo.models import MaskedLM
 
     encoder = tiny_encoder(uncased_wordpiece.vocabulary_size())
     model = MaskedLM(encoder)
