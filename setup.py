@@ -18,6 +18,7 @@ setup(
         "pyyaml>=6,<7",
         "safetensors>=0.4,<1",
         "tokenizers>=0.20,<1",  # trains the BPE vocabularies; the tests' reference tokenizer
+        "tensorflow-serving-api>=2.21,<2.22",  # PredictionLog protos: exports carry TF Serving warm-up records
         "werkzeug>=3.0,<4",  # the TF-Serving-compatible HTTP server (zoo serve)
         "matplotlib>=3.8,<4",  # confusion-matrix, learning-curve and trade-off plots (PNG, Agg backend)
         "pillow>=10,<14",  # the tests decode the PNGs with it (matplotlib needs it too)
