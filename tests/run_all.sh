@@ -9,8 +9,9 @@ export TF_CPP_MIN_LOG_LEVEL=2
 # Two pytest workers (pytest-xdist), each test file kept on one worker so that its module
 # fixtures (trained tokenizers, exports, servers) are built once: much of the suite waits on
 # subprocesses, servers and tracing rather than on the two cores. ZOO_TEST_WORKERS=0 runs in one process.
+# --durations lists the slowest tests, so that a CI log shows where its time went.
 workers=${ZOO_TEST_WORKERS:-2}
 parallel=()
 [ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)
-"$python" -m pytest "${parallel[@]}" tests "$@"
-KERAS_BACKEND=jax "$python" -m pytest "${parallel[@]}" -q tests/zoo/layers tests/zoo/models
+"$python" -m pytest "${parallel[@]}" --durations=25 tests "$@"
+KERAS_BACKEND=jax "$python" -m pytest "${parallel[@]}" -q --durations=10 tests/zoo/layers tests/zoo/models
