@@ -3,7 +3,9 @@
 A source is one of
 - `"minilm"` or `"hf:<directory>"`: a Hugging Face BERT (`zoo.converters.hf_bert`). The model's
   shape (layers, width, vocabulary, positions) comes from the checkpoint; the config's shape
-  fields are not used, and its `sequence_length` must fit in the checkpoint's positions.
+  fields are not used, and its `sequence_length` must fit in the checkpoint's positions. The
+  tokenizer is BERT's, or, for a directory `zoo export --format hf` wrote from a model with the
+  zoo's own WordPiece, that tokenizer again (`hf_bert.checkpoint_tokenizer`): the same ids.
 - anything else: a zoo checkpoint (a run directory, a checkpoint directory or a `.keras`
   file, see `recipes.base.load_checkpoint`) holding a model with a zoo `Encoder` and a
   `tokenizer/` beside it. Its encoder must have the config's shape; the error names each

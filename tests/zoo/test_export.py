@@ -553,7 +553,22 @@ print(json.dumps(results))
 """
 
 
-def test_ids_only_exports_load_and_run_without_tensorflow_text(exports, tmp_path):
+IDS_SIGNATURES = {"classifier": "classify_ids", "bert-mlm": "fill_mask_ids", "gpt-clm": "generate_ids"}
+
+
+@pytest.fixture(scope="module")
+def ids_exports(exports, tmp_path_factory):
+    """{recipe name: its ids-only export (`zoo export --format ids`)}, of the same models as `exports`."""
+    root = tmp_path_factory.mktemp("ids-exports")
+    paths = {}
+    for name in IDS_SIGNATURES:
+        recipe, model, _ = exports[name]
+        options = {"top_k": TOP_K} if name == "bert-mlm" else {}
+        paths[name] = recipe.export(model, str(root / name / "1"), ids_only=True, **options)
+    return paths
+
+
+def test_ids_only_exports_load_and_run_without_tensorflow_text(exports, ids_exports):
     token_ids = [[CLS_ID, 7, 9, MASK_ID, SEP_ID], [CLS_ID, 8, SEP_ID, PAD_ID, PAD_ID]]
     padding_mask = [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     settings = {"max_new_tokens": NEW_TOKENS, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
@@ -564,8 +579,7 @@ def test_ids_only_exports_load_and_run_without_tensorflow_text(exports, tmp_path
     calls, expected = {}, {}
     for name, signature, inputs in [("classifier", "classify_ids", ids), ("bert-mlm", "fill_mask_ids", ids),
                                     ("gpt-clm", "generate_ids", prompts)]:
-        recipe, model, full_path = exports[name]
-        path = recipe.export(model, str(tmp_path / name / "1"), ids_only=True, **({"top_k": TOP_K} if name == "bert-mlm" else {}))
+        full_path, path = exports[name][2], ids_exports[name]
         metadata = export.read_metadata(path)
         assert metadata["ids_only"] is True
         assert set(metadata["signatures"]) == {signature, "serving_default"}
@@ -605,3 +619,28 @@ def test_warmup_requests_cover_every_signature_and_run(exports):
             inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
             outputs = loaded.signatures[request.model_spec.signature_name](**{k: tf.constant(v) for k, v in inputs.items()})
             assert outputs, request.model_spec.signature_name
+
+
+def test_ids_only_exports_carry_warmup_requests_that_run(exports, ids_exports):
+    """The stock TF Serving image replays `assets.extra/tf_serving_warmup_requests` when it loads an
+    ids-only export: one request per `*_ids` signature, whose outputs are the raw-text export's."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    for name, path in ids_exports.items():
+        loaded, full = tf.saved_model.load(path), tf.saved_model.load(exports[name][2])
+        records = list(tf.data.TFRecordDataset(os.path.join(path, export.WARMUP_FILE)).as_numpy_iterator())
+        requests = [prediction_log_pb2.PredictionLog.FromString(record).predict_log.request for record in records]
+        assert [r.model_spec.signature_name for r in requests] == [IDS_SIGNATURES[name]]
+        assert set(loaded.signatures) - {"serving_default"} == {IDS_SIGNATURES[name]}
+        assert all(r.model_spec.name == name for r in requests)
+        for request in requests:  # each replays as TF Serving would at load time
+            signature = request.model_spec.signature_name
+            inputs = {key: tf.constant(tf.make_ndarray(proto)) for key, proto in request.inputs.items()}
+            assert inputs["token_ids"].dtype == tf.int32  # ids in: no text for a tokenizer the graph lacks
+            outputs, expected = loaded.signatures[signature](**inputs), full.signatures[signature](**inputs)
+            assert set(outputs) == set(expected)
+            for key, value in expected.items():
+                if value.dtype == tf.string:  # a classifier's label
+                    np.testing.assert_array_equal(outputs[key].numpy(), value.numpy(), err_msg=f"{name}: {key}")
+                else:
+                    np.testing.assert_allclose(outputs[key].numpy(), value.numpy(), atol=1e-5, err_msg=f"{name}: {key}")

@@ -44,7 +44,10 @@ The tokenizer is a `zoo.data.bert_tokenizer.BertTokenizer` over the checkpoint's
 so `zoo.data.tokenizer.save_tokenizer` / `load_tokenizer` round-trip it (`"normalization":
 "bert"` in its tokenizer.json) and the zoo's pipelines and exports use it as they use their own.
 Its special tokens keep the checkpoint's ids (BERT: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102,
-[MASK] 103); the pipelines look them up by name.
+[MASK] 103); the pipelines look them up by name. A directory that `zoo export --format hf` wrote
+from a model with the zoo's own WordPiece (keras-hub's normalisation and split, not BERT's) holds
+that pipeline in its `tokenizer.json`, and gets that tokenizer back (`checkpoint_tokenizer`):
+BERT's would give other ids for case-folded, compatibility and zero-width characters.
 
 It gives the ids of the checkpoint's own `tokenizer.json`: on 1,142 test strings in two dozen
 scripts (CJK and Japanese with full-width punctuation, Korean, Arabic, Devanagari, Thai, emoji,
@@ -152,7 +155,9 @@ def load_encoder(directory, dtype=None):
 
     Returns:
         `(encoder, tokenizer, info)`: the built Encoder (post-norm, `sequence_length` =
-        `max_position_embeddings`), a `zoo.data.bert_tokenizer.BertTokenizer`, and a dict of
+        `max_position_embeddings`), the checkpoint's tokenizer (`checkpoint_tokenizer`: a
+        `zoo.data.bert_tokenizer.BertTokenizer`, or for a directory the zoo exported from its
+        own WordPiece, keras-hub's `WordPieceTokenizer`), and a dict of
         the config values used plus `directory`, `activation` (the zoo name),
         `special_token_ids`, `lowercase`, and, for sentence-transformers checkpoints,
         `pooling` and `max_seq_length`.
@@ -214,8 +219,8 @@ def _read_checkpoint(directory):
 
 
 def _checkpoint_tokenizer(directory, info):
-    """The checkpoint's tokenizer; records its special-token ids and casing in `info`."""
-    tokenizer = load_tokenizer(directory)
+    """The checkpoint's tokenizer (`checkpoint_tokenizer`); records its special-token ids and casing in `info`."""
+    tokenizer = checkpoint_tokenizer(directory)
     info["special_token_ids"] = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
     info["lowercase"] = bool(tokenizer.lowercase)
     return tokenizer
@@ -287,6 +292,18 @@ def read_config(directory):
         with open(sentence_config_path, encoding="utf-8") as file:
             info["max_seq_length"] = json.load(file).get("max_seq_length")
     return info
+
+
+def checkpoint_tokenizer(directory):
+    """The tokenizer of a checkpoint directory: keras-hub's `WordPieceTokenizer` when its
+    `tokenizer.json` holds keras-hub's pipeline (`zoo export --format hf` of a model with the
+    zoo's own WordPiece: `zoo.converters.hf_tokenizer.keras_hub_wordpiece`), else BERT's
+    (`load_tokenizer`: a checkpoint from the Hugging Face hub, or the zoo's export of a model
+    started from one). Either way, the ids the model was trained on."""
+    from zoo.converters import hf_tokenizer
+
+    tokenizer = hf_tokenizer.keras_hub_wordpiece(directory)
+    return load_tokenizer(directory) if tokenizer is None else tokenizer
 
 
 def load_tokenizer(directory):

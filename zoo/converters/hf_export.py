@@ -13,8 +13,9 @@ directory is never overwritten):
 
 Import: `import_gpt2(directory)` (a `Decoder` and the BPE tokenizer, for a causal LM's
 `init_from="hf:<dir>"`), `import_bert_classifier(directory)` (a `TextClassifier`);
-`zoo.converters.hf_bert` imports `BertModel` and `BertForMaskedLM`. Export then import gives back
-every weight bit for bit (the conversions are transposes and reshapes of float32 arrays).
+`zoo.converters.hf_bert` imports `BertModel` and `BertForMaskedLM` (an encoder recipe's
+`init_from="hf:<dir>"`), with the exported tokenizer back. Export then import gives back every
+weight bit for bit (the conversions are transposes and reshapes of float32 arrays) and the same ids.
 
 GPT-2 tensors (HF's `Conv1D` weights are `[in, out]`, as Keras kernels):
 
@@ -541,9 +542,9 @@ def _write_sentence_transformers_head(directory, head, tensors, encoder, sequenc
 def import_bert_classifier(directory, dtype=None):
     """A zoo `TextClassifier` from a directory written by `export_bert(..., classification_head=...)`.
 
-    Returns `(model, tokenizer, label_names)`: the encoder as `zoo.converters.hf_bert.load_encoder`
-    loads it, the head from `1_Pooling` and `2_Dense`, the labels from `id2label`, the
-    tokenizer from `hf_tokenizer.import_tokenizer` (the exported one back).
+    Returns `(model, tokenizer, label_names)`: the encoder and tokenizer as
+    `zoo.converters.hf_bert.load_encoder` loads them (the exported tokenizer back), the head
+    from `1_Pooling` and `2_Dense`, the labels from `id2label`.
     """
     from safetensors.numpy import load_file
 
@@ -551,8 +552,7 @@ def import_bert_classifier(directory, dtype=None):
     from zoo.models.text_classifier import TextClassifier
 
     directory = _strip_hf_prefix(directory)
-    encoder, _, _ = hf_bert.load_encoder(directory, dtype=dtype)
-    tokenizer = hf_tokenizer.import_tokenizer(directory, kind="wordpiece")
+    encoder, tokenizer, _ = hf_bert.load_encoder(directory, dtype=dtype)
     pooling_path = os.path.join(directory, POOLING_DIR, CONFIG_FILE)
     modes = {key for key, value in read_json(pooling_path).items() if key.startswith("pooling_mode_") and value}
     poolings = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}

@@ -30,6 +30,12 @@ library, `transformers`' `PreTrainedTokenizerFast`, TGI, vLLM), `tokenizer_confi
 Special tokens are never recognised in raw text by the zoo, so they are not in
 `tokenizer.json`'s `added_tokens`, and `tokenizer_config.json` sets `split_special_tokens`
 (`transformers` then treats a literal "[MASK]" in text as text too).
+
+Back: `import_tokenizer(directory)` gives each of these tokenizers again, with the same ids.
+`keras_hub_wordpiece(directory)` gives keras-hub's WordPiece when `tokenizer.json` holds its
+pipeline and None otherwise: `zoo.converters.hf_bert` asks it first, so `init_from="hf:<dir>"`
+of a BERT directory the zoo wrote restores the zoo's tokenizer, and a Hugging Face BERT (its
+`BertNormalizer`) still gets BERT's.
 """
 
 import itertools
@@ -189,6 +195,28 @@ def import_tokenizer(directory, kind=None):
     if found is None or (kind is not None and found != kind):
         raise ValueError(f"{path}: a {model_type} tokenizer; expected {kind or 'byte-level BPE or WordPiece'}.")
     tokenizer = _import_bpe(state, path) if found == "bpe" else _import_wordpiece(state, path, directory)
+    return _with_special_tokens(tokenizer, path)
+
+
+def keras_hub_wordpiece(directory):
+    """keras-hub's `WordPieceTokenizer` of `directory`'s `tokenizer.json` when that file holds
+    keras-hub's pipeline (what `write_tokenizer_files` writes for a WordPiece the zoo trained),
+    else None: no such file, or another pipeline (a Hugging Face BERT's `BertNormalizer`, which
+    `zoo.converters.hf_bert.load_tokenizer` reads). ValueError naming the file as `import_tokenizer`.
+    """
+    path = os.path.join(directory, TOKENIZER_FILE)
+    if not os.path.isfile(path):
+        return None
+    state = read_json(path)
+    if (state.get("model") or {}).get("type") != "WordPiece":
+        return None
+    options = _keras_hub_options(state)
+    if options is None:
+        return None
+    return _with_special_tokens(_keras_hub_wordpiece(state, _wordpiece_vocabulary(state, path), options), path)
+
+
+def _with_special_tokens(tokenizer, path):
     missing = [token for token in (PAD, UNK, CLS, SEP, MASK) if token not in set(tokenizer.get_vocabulary())]
     if missing:
         raise ValueError(f"{path}: special token(s) {', '.join(missing)} not in the vocabulary (the zoo's pipelines need them).")
@@ -223,31 +251,51 @@ def _import_bpe(state, path):
 
 
 def _import_wordpiece(state, path, directory):
-    import keras_hub
-
-    model = state["model"]
-    vocabulary = sorted(model.get("vocab") or {}, key=model["vocab"].get)
-    if [model["vocab"][token] for token in vocabulary] != list(range(len(vocabulary))):
-        raise ValueError(f"{path}: the WordPiece ids are not 0..n-1.")
+    vocabulary = _wordpiece_vocabulary(state, path)
     if (state.get("normalizer") or {}).get("type") == "BertNormalizer":
         from zoo.converters import hf_bert
 
         return hf_bert.load_tokenizer(directory)
+    options = _keras_hub_options(state)
+    if options is None:
+        raise ValueError(f"{path}: neither keras-hub's nor BERT's WordPiece pipeline; the zoo cannot apply it in the TensorFlow graph.")
+    return _keras_hub_wordpiece(state, vocabulary, options)
+
+
+def _wordpiece_vocabulary(state, path):
+    """The tokens of a WordPiece `tokenizer.json` state in id order; ValueError unless the ids are 0..n-1."""
+    vocab = state["model"].get("vocab") or {}
+    vocabulary = sorted(vocab, key=vocab.get)
+    if [vocab[token] for token in vocabulary] != list(range(len(vocabulary))):
+        raise ValueError(f"{path}: the WordPiece ids are not 0..n-1.")
+    return vocabulary
+
+
+def _keras_hub_options(state):
+    """`(lowercase, strip_accents, split_on_cjk)` of the keras-hub pipeline a `tokenizer.json`
+    state holds (`_keras_hub_pipeline`), or None when it holds none of them."""
     from tokenizers import Tokenizer, models
 
     found = _parts(state)
-    for lowercase, strip_accents, split_on_cjk in itertools.product((False, True), repeat=3):
+    for options in itertools.product((False, True), repeat=3):
         reference = Tokenizer(models.WordPiece(vocab={UNK: 0}, unk_token=UNK))
-        normalizer, reference.pre_tokenizer = _keras_hub_pipeline(lowercase, strip_accents, split_on_cjk)
+        normalizer, reference.pre_tokenizer = _keras_hub_pipeline(*options)
         if normalizer is not None:
             reference.normalizer = normalizer
         if _pipeline(reference) == found:
-            return keras_hub.tokenizers.WordPieceTokenizer(
-                vocabulary=vocabulary, lowercase=lowercase, strip_accents=strip_accents, split_on_cjk=split_on_cjk,
-                suffix_indicator=model.get("continuing_subword_prefix") or "##", oov_token=model.get("unk_token") or UNK,
-                special_tokens=[token for token in (PAD, UNK, CLS, SEP, MASK) if token in model["vocab"]],
-                special_tokens_in_strings=False,
-            )
-    raise ValueError(f"{path}: neither keras-hub's nor BERT's WordPiece pipeline; the zoo cannot apply it in the TensorFlow graph.")
+            return options
+    return None
 
 
+def _keras_hub_wordpiece(state, vocabulary, options):
+    import keras_hub
+
+    model = state["model"]
+    lowercase, strip_accents, split_on_cjk = options
+    return keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=vocabulary, lowercase=lowercase, strip_accents=strip_accents,
+        split_on_cjk=split_on_cjk, suffix_indicator=model.get("continuing_subword_prefix") or "##",
+        oov_token=model.get("unk_token") or UNK,
+        special_tokens=[token for token in (PAD, UNK, CLS, SEP, MASK) if token in model["vocab"]],
+        special_tokens_in_strings=False,
+    )

