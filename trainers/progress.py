@@ -1,14 +1,17 @@
 """Status lines for the slow phases of a run, and how `zoo train` shows its progress.
 
-A phase (preparing the data, building the model, the first training step, a validation pass,
-saving a checkpoint) prints one line on stderr when it starts and one with its duration when it
-ends, so a run is never silent for long and a log file says where the time went:
+A phase (importing TensorFlow, preparing the data, building the model, the first training step,
+a validation pass, saving a checkpoint, an export) prints one line on stderr when it starts and
+one with its duration when it ends, so a run is never silent for long and a log file says where
+the time went:
 
     [zoo] preparing data ...
     [zoo] preparing data ... done in 3.2 s
 
-Two lines rather than one growing line: other output (the tokenizer's own status, warnings)
-can come between them without garbling either. Nothing here imports TensorFlow.
+Two lines rather than one growing line: other output (the tokenizer's own status lines and
+progress bars, warnings) can come between them without garbling either. Nothing here imports
+TensorFlow. `zoo.data.tokenizer` writes its status lines in the same style without importing
+this module (the `zoo` package does not import `trainers`).
 
 Progress modes (`--progress`): `bar` is Keras' progress bar, redrawn in place, for a terminal;
 `lines` is one line per logging interval and one per epoch (`callbacks.ProgressLines`), for a

@@ -15,6 +15,10 @@ not known noise, so real errors stay visible:
   stdout.
 
 Neither changes what TensorFlow computes: oneDNN stays on, only its notes are dropped.
+
+`import_tensorflow()` also says what the command is waiting for: TensorFlow's import took
+5-9 s on a shared 2-core machine (`bench/cli_startup.py`), the longest silence of a command's
+start, so it prints status lines around it (`trainers.progress.phase`).
 """
 
 import contextlib
@@ -25,6 +29,8 @@ import select
 import sys
 import tempfile
 import threading
+
+from trainers.progress import phase
 
 _NOISE = re.compile(
     "|".join(
@@ -136,18 +142,24 @@ def live_filtered_stderr():
             os.close(saved)
 
 
-def import_tensorflow(probe_devices=True):
+def import_tensorflow(probe_devices=True, status=True):
     """`import tensorflow` and keras without the start-up noise; returns tensorflow.
 
     With `probe_devices`, TensorFlow also initialises its devices here (the CUDA probe). Leave it
     off when a multi-worker strategy is still to be created: that must come before any device
     initialisation; create it inside `filtered_native_stderr()` instead.
+
+    With `status`, a status line on stderr when the import starts and one with its duration
+    (`[zoo] importing TensorFlow ... done in 7.9 s`), unless TensorFlow is imported already
+    (then there is nothing to wait for). The lines are written outside the filter's buffer, so
+    the first one shows at once.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with filtered_native_stderr():
-        import keras  # noqa: F401 - imported here so its TensorFlow import is filtered too
-        import tensorflow as tf
+    with phase("importing TensorFlow", enabled=status and "tensorflow" not in sys.modules):
+        with filtered_native_stderr():
+            import keras  # noqa: F401 - imported here so its TensorFlow import is filtered too
+            import tensorflow as tf
 
-        if probe_devices:
-            tf.config.list_physical_devices()
+            if probe_devices:
+                tf.config.list_physical_devices()
     return tf

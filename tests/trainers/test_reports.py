@@ -120,11 +120,13 @@ def test_evaluate_with_shifts_and_a_second_set_writes_the_report(sweep, classifi
 
 
 def _decoded(png):
-    """The PNG as an RGB array; checks it is a real, non-blank image."""
+    """The PNG as an RGB array; checks it is a real, non-blank image that matplotlib drew (its
+    `savefig` writes a `Software` text chunk naming itself; Pillow and hand-made PNGs do not)."""
     import io
 
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG"
+    assert image.text.get("Software", "").startswith("Matplotlib version"), image.text
     pixels = np.asarray(image.convert("RGB"))
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10  # text, lines and fills, not a blank page
     assert (pixels < 128).any() and (pixels > 250).any()  # dark marks on a white background

@@ -407,7 +407,12 @@ def test_export_run_writes_the_next_version(exports, tmp_path, capsys):
     root = tmp_path / "saved_models"
     first = export_commands.export_run(str(run_dir), export_root=str(root))
     assert first == str(root / "classifier-tiny" / "1")
-    assert capsys.readouterr().out.strip() == first
+    out, err = capsys.readouterr()
+    assert out.strip() == first
+    # Status lines on stderr around the export: tracing and writing a SavedModel takes seconds.
+    status = [line for line in err.splitlines() if line.startswith("[zoo] ")]
+    assert len(status) == 2 and status[0] == f"[zoo] exporting {first} ...", err
+    assert status[1].startswith(f"[zoo] exporting {first} ... done in ") and status[1].endswith(" s"), err
     second = export_commands.export_run(str(checkpoint), export_root=str(root))
     assert second == str(root / "classifier-tiny" / "2")
     chosen = export_commands.export_run(str(run_dir), out=str(tmp_path / "elsewhere" / "7"))

@@ -100,6 +100,10 @@ def train_bpe(texts, vocabulary_size, special_tokens, show_progress=False):
 
     The special tokens take ids 0..len-1, the 256 byte symbols follow, then one token per merge.
     Pieces seen fewer than 2 times are not merged (the trainer's `min_frequency`).
+
+    `show_progress`: the trainer's progress bars, drawn on file descriptor 2 when it is a
+    terminal, each ended by a newline on descriptor 1; `zoo.data.tokenizer.train_tokenizer` turns
+    them on when stderr is a terminal.
     """
     from tokenizers import pre_tokenizers, trainers
 

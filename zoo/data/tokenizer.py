@@ -6,10 +6,10 @@ Two kinds (a recipe's `tokenizer` config key):
   code: decoding gives back every byte of the input, whitespace included.
 
 Both vocabularies are learned by Hugging Face `tokenizers` (seconds on the 4 MB training
-sample, with a status line on stderr) and applied in the TensorFlow graph: WordPiece by
-keras-hub's own `WordPieceTokenizer`, BPE by the zoo's. Every vocabulary starts with
-`SPECIAL_TOKENS` at ids 0..4, so pipelines, models and exports can rely on `PAD_ID == 0` and
-friends. `[SEP]` doubles as the end-of-document token of causal LMs.
+sample, with status lines on stderr and, on a terminal, its progress bars) and applied in the
+TensorFlow graph: WordPiece by keras-hub's own `WordPieceTokenizer`, BPE by the zoo's. Every
+vocabulary starts with `SPECIAL_TOKENS` at ids 0..4, so pipelines, models and exports can rely
+on `PAD_ID == 0` and friends. `[SEP]` doubles as the end-of-document token of causal LMs.
 
 Special tokens are never recognised inside raw text (`special_tokens_in_strings=False`): a
 source file that contains the characters "[MASK]" is tokenized as "[", "MASK", "]".
@@ -19,6 +19,7 @@ an export, so a model never meets a vocabulary other than the one it was trained
 """
 
 import collections
+import contextlib
 import functools
 import hashlib
 import json
@@ -68,6 +69,82 @@ def default_cache_dir():
     return os.environ.get("ZOO_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "zoo")
 
 
+# -- status lines and progress bars ------------------------------------------------------------
+# In the style of the trainer's phases (`trainers.progress`, which the zoo package does not
+# import): "[zoo] <phase> ..." on stderr when it starts, "[zoo] <phase> ... done in 2.1 s" when
+# it ends.
+
+STATUS_PREFIX = "[zoo]"
+_status_lines = True
+
+
+@contextlib.contextmanager
+def status_lines(enabled=True):
+    """Within the block, `train_tokenizer` prints its status lines and progress bars only if
+    `enabled` (the trainer turns them off at `verbose=0`, which is silent)."""
+    global _status_lines
+    previous, _status_lines = _status_lines, enabled
+    try:
+        yield
+    finally:
+        _status_lines = previous
+
+
+def _status(message):
+    if _status_lines:
+        sys.stderr.write(f"{STATUS_PREFIX} {message}\n")
+        sys.stderr.flush()
+
+
+def _duration(seconds):
+    """A duration as `trainers.progress.format_duration` writes it: `0.4 s`, `2 min 05 s`, `1 h 02 min`."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    seconds = int(round(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _terminal_fd(stream):
+    """The file descriptor of `stream` if it is a terminal, else None (a file, a pipe, a capture)."""
+    try:
+        return stream.fileno() if stream.isatty() else None
+    except (AttributeError, ValueError, OSError):  # None, no fileno (StringIO), or closed
+        return None
+
+
+@contextlib.contextmanager
+def _progress_bars():
+    """Yields whether `tokenizers` should draw its progress bars (`show_progress`): with status
+    lines on and stderr (`sys.stderr`) a terminal; never into a log file or a pipe.
+
+    The bars (Rust's indicatif) draw on file descriptor 2 only when it is a terminal, and each
+    ends with a newline written to descriptor 1. During `zoo train`, fd 2 is the pipe of the
+    live stderr filter (`trainers.quiet.live_filtered_stderr`, which points `sys.stderr` at the
+    terminal), and stdout may be a log file; so for the block both descriptors are pointed at
+    `sys.stderr`'s terminal: the bars show, and stdout gets none of their newlines. Keep only
+    the `tokenizers` training call in the block: it runs no TensorFlow op, whose native notes
+    the filter would have dropped.
+    """
+    terminal = _terminal_fd(sys.stderr) if _status_lines else None
+    if terminal is None:
+        yield False
+        return
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(terminal, 1)
+        os.dup2(terminal, 2)
+        yield True
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
 def train_tokenizer(
     texts,
     vocabulary_size,
@@ -82,9 +159,11 @@ def train_tokenizer(
     Both kinds learn on a deterministic sample of at most `max_training_chars` characters: whole
     texts in the order of an MD5 hash of their content (the last one cut at a line break), so
     the sample is spread over the corpus rather than its first files. Both are learned by
-    Hugging Face `tokenizers`, in seconds on the 4 MB default; a status line on stderr says
-    what is being trained, and another how long it took (or, on a cache hit, where the
-    vocabulary was loaded from).
+    Hugging Face `tokenizers`, in seconds on the 4 MB default. Status lines on stderr, in the
+    trainer's `[zoo]` style, say what is being trained and how long it took (or, on a cache hit,
+    where the vocabulary was loaded from); between them, when stderr is a terminal, `tokenizers`
+    draws its progress bars (never into a log file or a pipe). `status_lines(False)` silences
+    both.
 
     BPE: `zoo.data.bpe.train_bpe`; the special tokens take ids 0..4, and `lowercase` must be
     False (lowercasing is not lossless).
@@ -139,7 +218,7 @@ def train_tokenizer(
         cache_path = os.path.join(cache_dir, f"{cache_key}-v{vocabulary_size}-{casing}")
         cached = _load_cached(cache_path, vocabulary_size, lowercase, kind)
         if cached is not None:
-            _status(f"Loaded the {name} vocabulary ({vocabulary_size} tokens) from the cache: {cache_path}")
+            _status(f"loaded the {name} vocabulary ({vocabulary_size} tokens) from the cache: {cache_path}")
             return cached
 
     sample = _training_sample(texts, max_training_chars)
@@ -147,21 +226,22 @@ def train_tokenizer(
         raise ValueError("train_tokenizer needs at least one non-empty text.")
     megabytes = sum(len(text.encode("utf-8", "replace")) for text in sample) / 1e6
     options = "" if kind == "bpe" else ", uncased" if lowercase else ", cased"
-    _status(f"Training a {name} vocabulary ({vocabulary_size} tokens{options}) on {megabytes:.1f} MB of text...")
+    phase = f"training a {name} vocabulary ({vocabulary_size} tokens{options}) on {megabytes:.1f} MB of text"
+    _status(f"{phase} ...")
     start = time.perf_counter()
-    if kind == "bpe":
-        tokenizer = _train_bpe(sample, vocabulary_size)
-    else:
-        tokenizer = _train_wordpiece(sample, vocabulary_size, lowercase)
-    if cache_path is not None:
-        save_tokenizer(tokenizer, cache_path)
+    try:
+        if kind == "bpe":
+            tokenizer = _train_bpe(sample, vocabulary_size)
+        else:
+            tokenizer = _train_wordpiece(sample, vocabulary_size, lowercase)
+        if cache_path is not None:
+            save_tokenizer(tokenizer, cache_path)
+    except BaseException:  # KeyboardInterrupt too: say how long it ran, as the trainer's phases do
+        _status(f"{phase} ... stopped after {_duration(time.perf_counter() - start)}")
+        raise
     where = f"; cached in {cache_path}" if cache_path is not None else ""
-    _status(f"... done in {time.perf_counter() - start:.1f} s{where}")
+    _status(f"{phase} ... done in {_duration(time.perf_counter() - start)}{where}")
     return tokenizer
-
-
-def _status(message):
-    print(message, file=sys.stderr, flush=True)
 
 
 def _train_wordpiece(texts, vocabulary_size, lowercase):
@@ -183,23 +263,24 @@ def _train_wordpiece(texts, vocabulary_size, lowercase):
 
     model = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS[UNK_ID], continuing_subword_prefix="##"))
     model.pre_tokenizer = pre_tokenizers.Split("\n", behavior="removed")  # words are already cut
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocabulary_size,
-        min_frequency=MIN_FREQUENCY,
-        # The "##c" pieces go in as special tokens only so that their ids come in a fixed order:
-        # the trainer otherwise numbers them in hash-map order, which breaks ties between
-        # equally frequent pairs differently from run to run (huggingface/tokenizers#1794).
-        special_tokens=SPECIAL_TOKENS + continuing,
-        initial_alphabet=alphabet,
-        limit_alphabet=len(alphabet),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    # One sequence per distinct word, the word repeated as often as it was seen: the trainer
-    # counts the same words as in the texts, from a fixed order.
-    model.train_from_iterator(
-        ("\n".join([word] * count) for word, count in sorted(words.items())), trainer=trainer, length=len(words)
-    )
+    with _progress_bars() as show_progress:  # the words are counted (TensorFlow ops) before it
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocabulary_size,
+            min_frequency=MIN_FREQUENCY,
+            # The "##c" pieces go in as special tokens only so that their ids come in a fixed order:
+            # the trainer otherwise numbers them in hash-map order, which breaks ties between
+            # equally frequent pairs differently from run to run (huggingface/tokenizers#1794).
+            special_tokens=SPECIAL_TOKENS + continuing,
+            initial_alphabet=alphabet,
+            limit_alphabet=len(alphabet),
+            continuing_subword_prefix="##",
+            show_progress=show_progress,
+        )
+        # One sequence per distinct word, the word repeated as often as it was seen: the trainer
+        # counts the same words as in the texts, from a fixed order.
+        model.train_from_iterator(
+            ("\n".join([word] * count) for word, count in sorted(words.items())), trainer=trainer, length=len(words)
+        )
     learned = sorted(model.get_vocab().items(), key=lambda item: item[1])
     if [token for token, _ in learned[: len(SPECIAL_TOKENS)]] != SPECIAL_TOKENS:
         raise RuntimeError(f"Special tokens not at ids 0..4: {learned[:5]}")
@@ -269,7 +350,8 @@ def _word_cutter(lowercase):
 def _train_bpe(texts, vocabulary_size):
     from zoo.data import bpe
 
-    vocabulary, merges = bpe.train_bpe(texts, vocabulary_size, SPECIAL_TOKENS)
+    with _progress_bars() as show_progress:
+        vocabulary, merges = bpe.train_bpe(texts, vocabulary_size, SPECIAL_TOKENS, show_progress=show_progress)
     if [vocabulary.get(token) for token in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
         raise RuntimeError(f"Special tokens not at ids 0..4: {[vocabulary.get(t) for t in SPECIAL_TOKENS]}")
     # A corpus too small for the vocabulary: fill up, as for WordPiece, so shapes follow the config.

@@ -1,5 +1,5 @@
-"""WordPiece tokenizer: the learner, special token ids, casing, the cache, status lines,
-save/load round trips."""
+"""WordPiece tokenizer: the learner, special token ids, casing, the cache, status lines and
+progress bars, save/load round trips."""
 
 import json
 import os
@@ -197,25 +197,65 @@ def test_cache_is_written_atomically_and_reused(tmp_path, monkeypatch):
     assert len(calls) == 4
 
 
+STATUS_TEXTS = ["for item in items: yield item.value"] * 10 + ["while True: break"] * 10
+
+
 def test_training_prints_status_lines(tmp_path, capsys):
-    texts = ["for item in items: yield item.value"] * 10 + ["while True: break"] * 10
+    """In the trainer's style (trainers/progress.py): a line when training starts, the same with
+    its duration when it ends."""
+    texts = STATUS_TEXTS
     tokenizers.train_tokenizer(texts, 80, cache_dir=str(tmp_path), cache_key="tiny")
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "Training a WordPiece vocabulary (80 tokens, cased) on 0.0 MB of text..."
-    assert re.fullmatch(r"\.\.\. done in \d+\.\d s; cached in .*tiny-v80-cased-hf1", lines[1]), lines
+    phase = "[zoo] training a WordPiece vocabulary (80 tokens, cased) on 0.0 MB of text"
+    assert lines[0] == phase + " ..."
+    assert re.fullmatch(re.escape(phase) + r" \.\.\. done in \d+\.\d s; cached in .*tiny-v80-cased-hf1", lines[1]), lines
+    assert len(lines) == 2
     # A cache hit says where the vocabulary came from, in one line.
     tokenizers.train_tokenizer(texts, 80, cache_dir=str(tmp_path), cache_key="tiny")
     assert capsys.readouterr().err.splitlines() == [
-        f"Loaded the WordPiece vocabulary (80 tokens) from the cache: {tmp_path / 'tiny-v80-cased-hf1'}"
+        f"[zoo] loaded the WordPiece vocabulary (80 tokens) from the cache: {tmp_path / 'tiny-v80-cased-hf1'}"
     ]
     tokenizers.train_tokenizer(texts, 60, lowercase=True)  # no cache: nothing about one
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "Training a WordPiece vocabulary (60 tokens, uncased) on 0.0 MB of text..."
-    assert re.fullmatch(r"\.\.\. done in \d+\.\d s", lines[1]), lines
+    phase = "[zoo] training a WordPiece vocabulary (60 tokens, uncased) on 0.0 MB of text"
+    assert lines[0] == phase + " ..."
+    assert re.fullmatch(re.escape(phase) + r" \.\.\. done in \d+\.\d s", lines[1]), lines
     tokenizers.train_tokenizer(texts, 300, kind="bpe")
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "Training a byte-level BPE vocabulary (300 tokens) on 0.0 MB of text..."
-    assert re.fullmatch(r"\.\.\. done in \d+\.\d s", lines[1]), lines
+    phase = "[zoo] training a byte-level BPE vocabulary (300 tokens) on 0.0 MB of text"
+    assert lines[0] == phase + " ..."
+    assert re.fullmatch(re.escape(phase) + r" \.\.\. done in \d+\.\d s", lines[1]), lines
+
+
+@pytest.mark.parametrize("kind", tokenizers.TOKENIZER_KINDS)
+def test_no_progress_bars_into_a_file_or_a_pipe(kind, capfd):
+    """stderr not a terminal (here pytest's file): `tokenizers` draws no bars, and none of the
+    newlines that end them reaches stdout; only the two status lines are written. (On a
+    terminal: test_progress.py.)"""
+    tokenizers.train_tokenizer(STATUS_TEXTS, 300 if kind == "bpe" else 60, kind=kind)
+    out, err = capfd.readouterr()
+    assert out == ""
+    for bar in ("Pre-processing sequences", "Tokenize words", "Count pairs", "Compute merges"):
+        assert bar not in err
+    status = [line for line in err.splitlines() if line.startswith("[zoo]")]
+    assert len(status) == 2 and status[0].endswith(" ...") and " ... done in " in status[1], err
+
+
+def test_status_lines_can_be_turned_off(tmp_path, capsys):
+    """The trainer turns them off at verbose 0, trained or loaded from the cache."""
+    with tokenizers.status_lines(False):
+        tokenizers.train_tokenizer(STATUS_TEXTS, 80, cache_dir=str(tmp_path), cache_key="quiet")
+        tokenizers.train_tokenizer(STATUS_TEXTS, 80, cache_dir=str(tmp_path), cache_key="quiet")
+    assert capsys.readouterr().err == ""
+    tokenizers.train_tokenizer(STATUS_TEXTS, 80, cache_dir=str(tmp_path), cache_key="quiet")  # on again after the block
+    assert capsys.readouterr().err.startswith("[zoo] loaded the WordPiece vocabulary (80 tokens)")
+
+
+@pytest.mark.parametrize("seconds", [0.04, 3.21, 59.94, 125, 3725])
+def test_durations_are_written_as_the_trainers_phases_write_them(seconds):
+    from trainers.progress import format_duration
+
+    assert tokenizers._duration(seconds) == format_duration(seconds)
 
 
 def test_save_load_round_trip_gives_identical_ids(tokenizer, tmp_path):
