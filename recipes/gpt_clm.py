@@ -164,6 +164,10 @@ class GPTCausalLMRecipe(Recipe):
         tokens, num_bytes = pipelines.count_tokens_and_bytes(documents, self.preprocessor.document_ids)
         return tokens / num_bytes
 
+    def tokens_per_byte_of(self, source=None, split="validation"):
+        """The Task interface's bits-per-byte ratio: `tokens_per_byte`."""
+        return self.tokens_per_byte(source, split)
+
     def generate_text(self, model, prompts, max_new_tokens=None, **sampling):
         """Continues each text prompt; returns the new text of each.
 
@@ -188,6 +192,12 @@ class GPTCausalLMRecipe(Recipe):
         prompts = [self.config.sample_prompt] * 3
         continuations = self.generate_text(model, prompts, temperature=0.8, top_k=40, seed=self.config.seed)
         return [prompt + continuation for prompt, continuation in zip(prompts, continuations)]
+
+    def training_sample(self, model):
+        """What `zoo train` prints at the end: a continuation of `sample_prompt` (temperature 0.8, top-k 40)."""
+        prompt = self.config.sample_prompt
+        text = self.generate_text(model, [prompt], temperature=0.8, top_k=40, seed=self.config.seed)[0]
+        return f"Sample ({prompt!r}, temperature 0.8, top-k 40):\n{prompt}{text}"
 
     def detokenize(self, ids):
         if not ids:

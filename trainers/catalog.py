@@ -6,21 +6,73 @@ under a second, the CLI checks them against `CATALOG`: a copy of the registry's 
 presets, one-line summaries, config fields (with their types) and each preset's shape.
 
 `CATALOG` is generated, never edited by hand: `python -m trainers.catalog` rewrites it from the
-real registry, and a test (tests/trainers/test_cli_fast.py) fails whenever the two differ.
+real registry (the recipes of the `recipes` package; not those of `$ZOO_RECIPE_PATH`), with
+`MODULES`, the package's modules it was generated from. A test (tests/trainers/test_cli_fast.py)
+fails whenever an entry differs from the registry's.
+
+A new recipe needs no new catalog. The catalog is `complete()` when the package has the same
+modules as when it was generated and `$ZOO_RECIPE_PATH` is unset; only then does the CLI reject
+a name it lacks at once. Otherwise (a recipe file added since, or recipe files from outside the
+package) a name it lacks is left to the registry, which the command imports anyway: the new
+recipe trains at once, and a misspelt name is reported after the TensorFlow import, with every
+registered recipe listed. `zoo list` then lists the registry's recipes (`entries()`).
+Regenerating the catalog brings back the instant check.
 """
 
 import difflib
+import os
 
 # Preset fields that set a model's shape (and so its parameter count), where the config has them.
 SHAPE_FIELDS = (
     "vocabulary_size", "sequence_length", "num_layers", "hidden_dim", "num_heads", "intermediate_dim",
     "num_segments", "position_embedding_type", "num_key_value_heads", "data", "categories", "num_classes",
 )
+# The recipes whose parameter count `parameter_count` knows by formula (the others: None).
+PARAMETER_FORMULAS = ("bert-mlm", "classifier", "distill", "gpt-clm", "multitask")
+# Of those, the ones with a classification head (the count depends on the number of classes).
+CLASSIFICATION_HEADS = ("classifier", "distill", "multitask")
+# The environment variable of recipe files outside the package (recipes.registry.PLUGIN_PATH_VARIABLE).
+PLUGIN_PATH_VARIABLE = "ZOO_RECIPE_PATH"
 
 
 def _suggest(name, valid):
     close = difflib.get_close_matches(str(name), valid, n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+# -- is the catalog the whole registry? --------------------------------------------------------
+
+
+def recipe_modules():
+    """Names of the `recipes` package's modules, found without importing it (no TensorFlow)."""
+    import importlib.util
+    import pkgutil
+
+    spec = importlib.util.find_spec("recipes")
+    return tuple(sorted(module.name for module in pkgutil.iter_modules(spec.submodule_search_locations)))
+
+
+def complete():
+    """Whether `CATALOG` knows every recipe the registry will hold: the package has the modules the
+    catalog was generated from, and `$ZOO_RECIPE_PATH` adds none (see the module's docstring)."""
+    return recipe_modules() == MODULES and not os.environ.get(PLUGIN_PATH_VARIABLE)
+
+
+_entries = None  # the registry's entries, once `entries()` had to build them
+
+
+def entries():
+    """{name: entry} of every registered recipe: `CATALOG` when it is `complete()`, else built from
+    the registry (slow: imports the recipes, and so TensorFlow), recipe files of `$ZOO_RECIPE_PATH`
+    included."""
+    global _entries
+    if _entries is None:
+        _entries = CATALOG if complete() else build_catalog(package_only=False)
+    return _entries
+
+
+def _entry(name):
+    return (_entries or CATALOG)[name]
 
 
 # -- the same checks (and messages) as recipes.registry ----------------------------------------
@@ -82,13 +134,16 @@ def num_classes(shape):
 
 
 def parameter_count(name, preset, classes=None):
-    """Parameters of the recipe's model at the preset's shape, by formula (no model is built).
+    """Parameters of the recipe's model at the preset's shape, by formula (no model is built);
+    None for a recipe without one (not in `PARAMETER_FORMULAS`: its count is not guessed).
 
     The vocabulary is the config's `vocabulary_size` (a trained tokenizer can come out smaller);
     classification heads have `classes` outputs (default: `num_classes(shape)`). For `distill`,
     the student alone (what its checkpoints hold). A test checks the formula against built models.
     """
-    shape = CATALOG[name]["presets"][preset]
+    if name not in PARAMETER_FORMULAS:
+        return None
+    shape = _entry(name)["presets"][preset]
     v, length, layers = shape["vocabulary_size"], shape["sequence_length"], shape["num_layers"]
     h, heads, i = shape["hidden_dim"], shape["num_heads"], shape["intermediate_dim"]
     head_dim = h // heads
@@ -112,13 +167,21 @@ def parameter_count(name, preset, classes=None):
 
 
 def preset_summary(name, preset):
-    """One line: the preset's shape and parameter count."""
-    shape = CATALOG[name]["presets"][preset]
+    """One line: the preset's shape and parameter count ("parameters unknown" without a formula)."""
+    shape = _entry(name)["presets"][preset]
     params = parameter_count(name, preset)
-    layers = shape["num_layers"]
-    text = (f"{layers} layer{'s' if layers != 1 else ''}, hidden {shape['hidden_dim']}, {shape['num_heads']} heads, "
-            f"sequence {shape['sequence_length']}, vocabulary {shape['vocabulary_size']}: {_human(params)} parameters")
-    if name in ("classifier", "multitask", "distill"):
+    parts = []
+    if "num_layers" in shape:
+        parts.append(f"{shape['num_layers']} layer{'s' if shape['num_layers'] != 1 else ''}")
+    for key, label in (("hidden_dim", "hidden {}"), ("num_heads", "{} heads"), ("sequence_length", "sequence {}"),
+                       ("vocabulary_size", "vocabulary {}")):
+        if key in shape:
+            parts.append(label.format(shape[key]))
+    text = ", ".join(parts) + ": " if parts else ""
+    if params is None:
+        return text + f"parameters unknown (no formula for {name}; nothing is built)"
+    text += f"{_human(params)} parameters"
+    if name in CLASSIFICATION_HEADS:
         text += f" (at {num_classes(shape) or 2} classes)"
     return text
 
@@ -133,8 +196,10 @@ def _human(count):
 # -- generation -------------------------------------------------------------------------------
 
 
-def build_catalog():
-    """The catalog derived from the real registry (imports the recipes, hence TensorFlow)."""
+def build_catalog(package_only=True):
+    """The catalog derived from the real registry (imports the recipes, hence TensorFlow): the
+    recipes of the `recipes` package, or with `package_only=False` every registered one (those
+    of `$ZOO_RECIPE_PATH` too)."""
     import dataclasses
 
     import recipes
@@ -142,6 +207,8 @@ def build_catalog():
     catalog = {}
     for name in recipes.list():
         recipe_class = recipes.get_class(name)
+        if package_only and not recipe_class.__module__.startswith("recipes."):
+            continue  # a recipe file from outside the package (or a test's): not the package's catalog
         fields = dataclasses.fields(recipe_class.config_class)
         catalog[name] = {
             "summary": (recipe_class.__doc__ or "").split("\n")[0],
@@ -166,6 +233,7 @@ def write_catalog(path=__file__):
     head, _, rest = text.partition(_BEGIN + "\n")
     _, _, tail = rest.partition(_END)
     body = "CATALOG = " + pprint.pformat(build_catalog(), width=110, sort_dicts=True) + "\n"
+    body += "MODULES = " + pprint.pformat(recipe_modules(), width=110) + "\n"
     with open(path, "w") as f:
         f.write(head + _BEGIN + "\n" + body + _END + tail)
 
@@ -546,6 +614,7 @@ CATALOG = {'bert-mlm': {'default_preset': 'tiny',
                                     'vocabulary_size': 8192}},
                'summary': 'Masked LM and classification on one shared encoder, from the same labelled '
                           'texts.'}}
+MODULES = ('base', 'bert_mlm', 'classifier', 'distill', 'gpt_clm', 'multitask', 'pretrained', 'registry')
 # --- end of generated catalog ---
 
 

@@ -20,28 +20,34 @@ from trainers.config_values import UsageError, parse_overrides  # noqa: F401 (Us
 
 
 def _cmd_list(args):
-    from trainers.catalog import CATALOG, preset_summary
+    from trainers import catalog
 
-    for name, entry in sorted(CATALOG.items()):
+    if not catalog.complete():  # recipes the catalog has not seen: the registry's (it imports TensorFlow)
+        from trainers.quiet import import_tensorflow
+
+        import_tensorflow(probe_devices=False)
+    for name, entry in sorted(catalog.entries().items()):
         presets = ", ".join(sorted(entry["presets"]))
         print(f"{name:<12} presets: {presets} (default {entry['default_preset']})")
         if entry["summary"]:
             print(f"{'':<12} {entry['summary']}")
         if args.verbose:
             for preset in sorted(entry["presets"]):
-                print(f"{'':<14}{preset:<7} {preset_summary(name, preset)}")
+                print(f"{'':<14}{preset:<7} {catalog.preset_summary(name, preset)}")
     return 0
 
 
 def _recipes_epilog():
     """`zoo train --help`'s list of recipes and presets (from the catalog: no TensorFlow)."""
-    from trainers.catalog import CATALOG
+    from trainers import catalog
 
     lines = ["recipes and presets (zoo list --verbose: their shapes and sizes):"]
-    for name, entry in sorted(CATALOG.items()):
+    for name, entry in sorted(catalog.CATALOG.items()):
         presets = ", ".join(f"{p}*" if p == entry["default_preset"] else p for p in sorted(entry["presets"]))
         lines.append(f"  {name:<12} {presets}")
     lines.append("  (* the default preset)")
+    if not catalog.complete():
+        lines.append("  (and recipes added since the catalog was generated, or from $ZOO_RECIPE_PATH: zoo list)")
     return "\n".join(lines)
 
 
@@ -57,11 +63,17 @@ class _HelpFormatter(argparse.HelpFormatter):
 def _check_before_tensorflow(args):
     """Checks what can be checked without TensorFlow (recipe, preset, config keys and their
     types, --config files): a typo is reported in a fraction of a second, not after the 7-19 s
-    TensorFlow import. Raises UsageError or KeyError, with the registry's messages."""
+    TensorFlow import. Raises UsageError or KeyError, with the registry's messages.
+
+    A recipe the generated catalog lacks is rejected here only when the catalog is complete (no
+    recipe module added since it was generated, no $ZOO_RECIPE_PATH: `catalog.complete()`);
+    otherwise the registry checks it after the import, and a new recipe trains at once."""
     from trainers import catalog
 
     if args.command not in ("train", "sweep", "learning-curve"):
         return
+    if args.recipe not in catalog.CATALOG and not catalog.complete():
+        return  # the handler's registry look-up checks it: the same message, every recipe listed
     catalog.check_recipe(args.recipe)
     overrides = _recipe_overrides(args, args.recipe)
     preset = catalog.check_preset(args.recipe, overrides.pop("preset", None) or args.preset)
@@ -150,10 +162,9 @@ def _cmd_train(args):
     if final:
         print(f"\nFinished step {result.final_step} (resumed from {result.resumed_from_step}). Final metrics:")
         _print_metrics(final)
-    if hasattr(recipe, "generate_text"):
-        prompt = recipe.config.sample_prompt
-        text = recipe.generate_text(result.model, [prompt], temperature=0.8, top_k=40, seed=recipe.config.seed)[0]
-        print(f"\nSample ({prompt!r}, temperature 0.8, top-k 40):\n{prompt}{text}")
+    sample = recipe.training_sample(result.model)  # the task's (gpt-clm: a sampled continuation)
+    if sample:
+        print(f"\n{sample}")
     print(f"\nRun directory: {run_dir}  (tensorboard --logdir {os.path.dirname(run_dir) or '.'})")
     return 0
 
@@ -179,21 +190,21 @@ def _cmd_evaluate(args):
             metrics = evaluate_run(args.run_dir, data=data[0] if data else None, split=args.split, steps=args.steps)
         _print_metrics(metrics)
         return 0
-    from trainers.reports import evaluation_report
-    from zoo.evaluation import markdown_report, write_report
+    from trainers.reports import evaluation_report, write_task_report
 
     with filtered_native_stderr():
+        model, recipe = load_run(args.run_dir)
         report = evaluation_report(
             args.run_dir, data, split=args.split, shifts=args.shifts, steps=args.steps, seed=args.seed,
-            max_examples=args.max_examples, loaded=load_run(args.run_dir),
+            max_examples=args.max_examples, loaded=(model, recipe),
         )
     if "model_metrics" in report:
         _print_metrics(report["model_metrics"])
         print()
-    print(markdown_report(report))
+    print(recipe.report(report))
     directory = args.report_dir or os.path.join(args.run_dir, "evaluation", args.split)
     with filtered_native_stderr():
-        paths = write_report(report, directory)
+        paths = write_task_report(recipe, report, directory)
     print(f"Report: {paths['markdown']}, {paths['json']}; TensorBoard: tensorboard --logdir {paths['tensorboard']}")
     return 0
 
@@ -230,7 +241,6 @@ def _cmd_sweep(args):
 def _cmd_learning_curve(args):
     import recipes
     from trainers.reports import parse_shots, run_learning_curve
-    from zoo.evaluation import markdown_report
 
     recipe_class = recipes.get_class(args.recipe)
     if recipe_class.kind != "classification":
@@ -248,7 +258,7 @@ def _cmd_learning_curve(args):
         recipe, out, parse_shots(args.shots), pretrained=args.pretrained, steps=args.steps,
         max_eval_examples=args.max_examples, jit_compile=_resolve_xla(args.xla), pretrained_overrides=pretrained_overrides,
     )
-    print(markdown_report(rows))
+    print(recipe.report(rows))
     print(f"Learning curve: {paths['markdown']}, {paths['png']}; TensorBoard: tensorboard --logdir {paths['tensorboard']}")
     return 0
 
@@ -561,13 +571,17 @@ def main(argv=None):
         print(f"zoo {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "list":
-        return args.handler(args)
+        try:
+            return args.handler(args)
+        except (ValueError, FileNotFoundError) as error:  # from the registry's recipes: a bad $ZOO_RECIPE_PATH
+            print(f"zoo list: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
     from trainers.quiet import import_tensorflow
 
     # `train` and `sweep` create their strategy before any device use (a multi-worker strategy
     # must come first); every other command probes the devices now, inside the filter that
     # drops TensorFlow's CUDA-probe noise ("failed call to cuInit").
-    import_tensorflow(probe_devices=args.command not in ("train", "sweep"))
+    import_tensorflow(probe_devices=args.command not in ("train", "sweep"), status=getattr(args, "verbose", 1) != 0)
     from trainers.errors import TrainingError
     from zoo.data.errors import DataFormatError, MissingCorpusError
 

@@ -3,7 +3,7 @@
 - `evaluation_report(run_dir, data, ...)`: a run evaluated by its task's evaluator: a
   classification run scored on several labelled sources and on shifted copies of the first,
   with per-class metrics, confusion matrices and gaps; a language model's perplexity on several
-  corpora.
+  corpora. `write_task_report` writes it, as markdown in the task's own words (`Task.report`).
 - `parse_grid` / `run_sweep`: one training run per point of a config grid, each evaluated,
   written as a trade-off table (markdown, CSV, JSON) and plot (PNG).
 - `learning_curve` / `run_learning_curve`: test accuracy against K examples per class, from
@@ -59,6 +59,15 @@ def evaluation_report(run_dir, data=(), split="test", shifts=None, steps=0, seed
         report["model_metrics"] = {key: float(value) for key, value in metrics.items()}
     report.update(run_dir=os.path.abspath(run_dir), recipe=recipe.name, split=split)
     return report
+
+
+def write_task_report(task, report, directory):
+    """`zoo.evaluation.write_report` (report.json, report.md, PNGs, tb/), with report.md the task's
+    own markdown (`task.report(report)`, what the command prints); returns the paths."""
+    paths = evaluation.write_report(report, directory)
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
+        f.write(task.report(report))
+    return paths
 
 
 # -- sweep -------------------------------------------------------------------------------------
@@ -273,7 +282,7 @@ def run_learning_curve(
         recipe, shots=shots, pretrained=pretrained, source=source, steps=steps,
         max_eval_examples=max_eval_examples, jit_compile=jit_compile, pretrained_overrides=pretrained_overrides,
     )
-    paths = evaluation.write_report(rows, out)
+    paths = write_task_report(recipe, rows, out)
     paths["png"] = os.path.join(out, "learning_curve.png")
     with open(paths["png"], "wb") as f:
         f.write(evaluation.learning_curve_png_bytes(rows))

@@ -13,9 +13,10 @@ Run directory:
     runs/<name>/backup/worker-<i>/ step backups (the two newest), one directory per worker
     runs/<name>/tb/                TensorBoard (train/, validation/)
 
-Causal LMs (recipes with `tokens_per_byte`: gpt-clm) also log `val_bits_per_byte`, val_loss /
-ln 2 x the validation split's tokens per byte (counted once at the start), which compares across
-tokenizers: on the console, in the history, the checkpoints' metrics.json and TensorBoard.
+Causal LMs (tasks whose `tokens_per_byte_of` gives a ratio: gpt-clm) also log `val_bits_per_byte`,
+val_loss / ln 2 x the validation split's tokens per byte (counted once at the start), which
+compares across tokenizers: on the console, in the history, the checkpoints' metrics.json and
+TensorBoard.
 
 Checkpoints and backups only ever hold finite weights: a NaN or infinite loss, or weights made
 non-finite by an update, stop the run with `TrainingDiverged` naming the step and the backup a
@@ -349,14 +350,15 @@ class Trainer:
               file=sys.stderr)
 
     def _prepare_tokenizer(self, resuming):
-        from zoo.data.tokenizer import load_tokenizer
+        from zoo.data.tokenizer import load_tokenizer, status_lines
 
         directory = self.path("tokenizer")
         if resuming and os.path.isdir(directory):
             self.recipe.tokenizer = load_tokenizer(directory)
             return
         try:
-            self.recipe.get_tokenizer(self.data)
+            with status_lines(self.options.verbose > 0):  # the tokenizer's own lines: silent at verbose 0 too
+                self.recipe.get_tokenizer(self.data)
         except ValueError:
             if any(text.strip() for text in self.recipe.tokenizer_training_texts(self.data)):
                 raise
@@ -517,8 +519,7 @@ class Trainer:
                 self._check_validation(validation)
                 validation = distribute(strategy, lambda: validation, config.batch_size)
                 # Causal LMs: the validation split's tokens per byte, for val_bits_per_byte (stdlib: 1-5 s on 2 cores).
-                tokens_per_byte = getattr(self.recipe, "tokens_per_byte", None)
-                tokens_per_byte = tokens_per_byte(self.data, "validation") if tokens_per_byte else None
+                tokens_per_byte = self.recipe.tokens_per_byte_of(self.data, "validation")
 
             with phase("building the model", enabled=verbose):
                 with strategy.scope():
@@ -600,7 +601,8 @@ def evaluate_run(run_dir, data=None, split="test", steps=0, verbose=0, loaded=No
     """Metrics of a run's best (else last) checkpoint on a split of `data` (default: the run's own).
 
     `loaded`: the `(model, recipe)` of `load_run(run_dir)` when the caller has it already.
-    A causal LM's metrics also hold `bits_per_byte` (`zoo.evaluation.bits_per_byte`).
+    A causal LM's metrics also hold `bits_per_byte` (`zoo.evaluation.bits_per_byte`, with the
+    task's `tokens_per_byte_of`).
     """
     model, recipe = loaded or load_run(run_dir)
     (dataset,) = recipe.datasets(data, splits=(split,))
@@ -608,10 +610,11 @@ def evaluate_run(run_dir, data=None, split="test", steps=0, verbose=0, loaded=No
         dataset = dataset.take(steps)
     recipe.compile_model(model)
     metrics = model.evaluate(dataset, return_dict=True, verbose=verbose)
-    if hasattr(recipe, "tokens_per_byte"):  # causal LMs: a figure that compares across tokenizers
+    tokens_per_byte = recipe.tokens_per_byte_of(data, split)  # causal LMs: a figure that compares across tokenizers
+    if tokens_per_byte is not None:
         from zoo.evaluation import bits_per_byte
 
-        metrics["bits_per_byte"] = bits_per_byte(metrics["loss"], recipe.tokens_per_byte(data, split))
+        metrics["bits_per_byte"] = bits_per_byte(metrics["loss"], tokens_per_byte)
     return metrics
 
 

@@ -8,13 +8,19 @@ filling it in:
   (`zoo.data.preprocessing`); training pipelines, evaluation and every export signature call it.
 - `kind`: what its data are, which decides the evaluation commands that apply: `"classification"`
   (labelled texts: shifted copies, per-class metrics, few-shot curves) or `"language_model"`
-  (corpora: perplexity and, with `tokens_per_byte`, bits per byte per corpus).
+  (corpora: perplexity and, with `tokens_per_byte_of`, bits per byte per corpus).
 - `export_module(model, **options)`: the named signatures of its SavedModel
   (`zoo.export.ExportModule`), with `export_options` the options it takes.
 - `export_hf(model, directory)` and `onnx_model(model)` (optional): the Hugging Face layout and
   the Keras model behind the ONNX export (`zoo.converters`, `zoo export --format hf|onnx`).
 - `evaluator(model)`: a `zoo.evaluation` evaluator whose `evaluate(sources, ...)` returns a report.
-- `report(report)`: that report as markdown.
+- `report(report)`: that report as markdown (what `zoo evaluate` and `zoo learning-curve` print
+  and write to report.md).
+- `tokens_per_byte_of(source, split)`: tokens per UTF-8 byte of a split for a task whose loss is a
+  code length of the text (causal LMs), so that `zoo evaluate` and the trainer add bits per
+  byte; None for the others.
+- `training_sample(model)`: what `zoo train` prints after the final metrics (a causal LM: a
+  sampled continuation); None for nothing.
 
 `Task.export(model, path)` writes the SavedModel through `zoo.export.export_savedmodel`.
 """
@@ -89,5 +95,19 @@ class Task:
         raise NotImplementedError(f"{self.name} has no evaluator.")
 
     def report(self, report):
-        """A report from `evaluator(model).evaluate(...)` as markdown tables."""
+        """A report from `evaluator(model).evaluate(...)` (or a learning curve's rows) as markdown
+        tables: what `zoo evaluate` and `zoo learning-curve` print and write to report.md."""
         return evaluation.markdown_report(report)
+
+    def tokens_per_byte_of(self, source=None, split="validation"):
+        """Tokens per UTF-8 byte of a split of `source` (default: the task's data) for a task whose
+        per-token loss is a code length of the text (a causal LM), which turns that loss into bits
+        per byte (`zoo.evaluation.bits_per_byte`: plain `zoo evaluate`, the trainer's
+        `val_bits_per_byte`). None, the default, for the others: a masked LM predicts 15% of the
+        tokens from both sides, so its loss is no code length of the text."""
+        return None
+
+    def training_sample(self, model):
+        """Text that `zoo train` prints after the final metrics (a causal LM: a sampled
+        continuation of its prompt); None, the default, for none."""
+        return None

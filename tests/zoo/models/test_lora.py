@@ -229,3 +229,36 @@ def test_lora_rank_without_a_checkpoint_is_refused():
     recipe = recipes.get("classifier", **SHAPE, num_classes=2, lora_rank=4)
     with pytest.raises(ValueError, match="lora_rank=4 fine-tunes pretrained weights: give init_from"):
         recipe.create_model()
+
+
+@pytest.mark.slow
+def test_a_lora_runs_savedmodel_export_equals_the_adapted_model(checkpoints, tmp_path):
+    """The run's path: the checkpoint (`recipe.save`, adapters merged), then `zoo export`'s
+    `export_run`; the SavedModel's logits are the in-memory adapted model's."""
+    import recipes
+    import tensorflow as tf
+
+    from trainers.export_commands import export_run
+
+    recipe = recipes.get("classifier", **SHAPE, num_classes=2, tokenizer="wordpiece", init_from=checkpoints["bert-mlm"],
+                         lora_rank=2)
+    model = recipe.build_model(total_steps=10)
+    recipe.label_names = ["a", "b"]
+    texts = ["the cat sat on the mat", "a dog ran", "def f(x): return x", "the"]
+    inputs = keras.tree.map_structure(keras.ops.convert_to_numpy, recipe.preprocessor(texts))
+    base = predict(model, inputs)
+    generator = np.random.default_rng(5)
+    for layer in lora_layers(model):  # adapters as training leaves them: b no longer zero
+        layer.lora_kernel_b.assign(generator.normal(0, 0.5, layer.lora_kernel_b.shape).astype("float32"))
+    adapted = predict(model, inputs)
+    assert np.abs(adapted - base).max() > 1e-3  # the adapters change the outputs, far beyond the tolerance below
+
+    recipe.save(model, str(tmp_path / "run"))
+    out = export_run(str(tmp_path / "run"), out=str(tmp_path / "export" / "1"))
+    assert any(layer.lora_enabled for layer in lora_layers(model))  # the in-memory model stays adapted
+    loaded = tf.saved_model.load(out)
+    from_text = loaded.signatures["classify"](text=tf.constant(texts))["logits"].numpy()
+    np.testing.assert_allclose(from_text, adapted, atol=1e-5)
+    ids = {key: tf.constant(np.asarray(value, "int32")) for key, value in inputs.items()}
+    from_ids = loaded.signatures["classify_ids"](**ids)["logits"].numpy()
+    np.testing.assert_allclose(from_ids, adapted, atol=1e-5)
