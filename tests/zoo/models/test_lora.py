@@ -232,6 +232,7 @@ def test_lora_rank_without_a_checkpoint_is_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the SavedModel export traces TensorFlow graphs")
 def test_a_lora_runs_savedmodel_export_equals_the_adapted_model(checkpoints, tmp_path):
     """The run's path: the checkpoint (`recipe.save`, adapters merged), then `zoo export`'s
     `export_run`; the SavedModel's logits are the in-memory adapted model's."""
