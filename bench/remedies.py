@@ -40,7 +40,8 @@ MODELS = {
 # The same models as recipe overrides, for the in-process timing (`--timing`).
 MODEL_CONFIGS = {"tiny": [], "minilm": ["init_from=minilm", "learning_rate=5e-5"]}
 
-# name: --set overrides. Tuned on seed 0's validation split (see the report).
+# name: --set overrides, or `--flag=value` arguments of `zoo train` (a later `--steps` wins over
+# the model's). Tuned on seed 0's validation split (see the report).
 REMEDIES = {
     "plain": [],
     "augment": ["augment=char_noise=0.1", "augment_probability=0.5"],
@@ -56,7 +57,23 @@ REMEDIES = {
     "consistency-augment": ["augment=char_noise=0.1", "consistency=augment", "consistency_weight=1.0"],
     "augment+fgm": ["augment=char_noise=0.1", "augment_probability=0.5", "adversarial=fgm", "adversarial_epsilon=0.1"],
     "augment+fgm-0.3": ["augment=char_noise=0.1", "augment_probability=0.5", "adversarial=fgm", "adversarial_epsilon=0.3"],
+    # MiniLM candidates: more steps, or a higher learning rate, to learn the corrupted spellings.
+    "plain-400": ["--steps=400"],
+    "consistency-augment-400": ["augment=char_noise=0.1", "consistency=augment", "consistency_weight=1.0", "--steps=400"],
+    "consistency-augment-lr1e-4": ["augment=char_noise=0.1", "consistency=augment", "consistency_weight=1.0",
+                                   "learning_rate=1e-4"],
 }
+
+
+def remedy_overrides(name):
+    """`name`'s `--set` assignments (without its `zoo train` flags)."""
+    return [value for value in REMEDIES[name] if not value.startswith("--")]
+
+
+def remedy_arguments(name, seed):
+    """`zoo train` arguments for `name` and `seed`: its flags, then `--set` for each assignment."""
+    flags = [value for value in REMEDIES[name] if value.startswith("--")]
+    return flags + [item for value in remedy_overrides(name) + [f"seed={seed}"] for item in ("--set", value)]
 
 
 def log(message):
@@ -92,8 +109,7 @@ def train_and_evaluate(model, name, seed, split, runs_dir):
     train_log = run_dir + ".train.log"
     if not os.path.exists(os.path.join(run_dir, "checkpoints", "last", "model.keras")):
         start = time.time()
-        overrides = [item for value in REMEDIES[name] + [f"seed={seed}"] for item in ("--set", value)]
-        run([ZOO, "train", "classifier", *MODELS[model], *overrides, "--run-dir", run_dir], train_log)
+        run([ZOO, "train", "classifier", *MODELS[model], *remedy_arguments(name, seed), "--run-dir", run_dir], train_log)
         log(f"  trained in {time.time() - start:.0f} s")
     report_dir = os.path.join(run_dir, "evaluation", split)
     report_path = os.path.join(report_dir, "report.json")
@@ -117,7 +133,7 @@ def pipeline_milliseconds(name, batches=300, warmup=50):
     from trainers.config_values import parse_overrides
 
     recipe_class = type(recipes.get("classifier"))
-    recipe = recipes.get("classifier", **parse_overrides(recipe_class, assignments=REMEDIES[name]))
+    recipe = recipes.get("classifier", **parse_overrides(recipe_class, assignments=remedy_overrides(name)))
     (train,) = recipe.datasets(splits=("train",), repeat=True)
     iterator = iter(train)
     for _ in range(warmup):
@@ -143,7 +159,7 @@ def step_times(model, names, rounds, steps_per_round):
     recipe_class = type(recipes.get("classifier"))
     contenders = {}
     for name in names:
-        overrides = parse_overrides(recipe_class, assignments=MODEL_CONFIGS[model] + REMEDIES[name])
+        overrides = parse_overrides(recipe_class, assignments=MODEL_CONFIGS[model] + remedy_overrides(name))
         recipe = recipes.get("classifier", **overrides)
         (train,) = recipe.datasets(splits=("train",), repeat=True)
         keras_model = recipe.build_model(total_steps=100_000, jit_compile=True)
