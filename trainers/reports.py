@@ -64,10 +64,7 @@ def evaluation_report(run_dir, data=(), split="test", shifts=None, steps=0, seed
 def write_task_report(task, report, directory):
     """`zoo.evaluation.write_report` (report.json, report.md, PNGs, tb/), with report.md the task's
     own markdown (`task.report(report)`, what the command prints); returns the paths."""
-    paths = evaluation.write_report(report, directory)
-    with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(task.report(report))
-    return paths
+    return evaluation.write_report(report, directory, markdown=task.report(report))
 
 
 # -- sweep -------------------------------------------------------------------------------------

@@ -454,9 +454,10 @@ def write_json(report, path):
     return path
 
 
-def write_markdown(report, path):
+def write_markdown(report, path, markdown=None):
+    """Writes `markdown` (default: `markdown_report(report)`) to `path`; returns it."""
     with open(path, "w", encoding="utf-8") as f:
-        f.write(markdown_report(report))
+        f.write(markdown_report(report) if markdown is None else markdown)
     return path
 
 
@@ -628,12 +629,13 @@ def write_tensorboard(report, logdir, step=0):
     return logdir
 
 
-def write_report(report, directory, step=0, tensorboard=True):
-    """Writes report.json, report.md, confusion_<set>.png (classification) and tb/ into `directory`; returns the paths."""
+def write_report(report, directory, step=0, tensorboard=True, markdown=None):
+    """Writes report.json, report.md (`markdown`, default `markdown_report(report)`),
+    confusion_<set>.png (classification) and tb/ into `directory`; returns the paths."""
     os.makedirs(directory, exist_ok=True)
     paths = {
         "json": write_json(report, os.path.join(directory, "report.json")),
-        "markdown": write_markdown(report, os.path.join(directory, "report.md")),
+        "markdown": write_markdown(report, os.path.join(directory, "report.md"), markdown),
     }
     if isinstance(report, dict) and report.get("kind") == "classification":
         for name, m in report["sets"].items():
