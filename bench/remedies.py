@@ -62,6 +62,13 @@ REMEDIES = {
     "consistency-augment-400": ["augment=char_noise=0.1", "consistency=augment", "consistency_weight=1.0", "--steps=400"],
     "consistency-augment-lr1e-4": ["augment=char_noise=0.1", "consistency=augment", "consistency_weight=1.0",
                                    "learning_rate=1e-4"],
+    # Second round at learning rate 1e-4: the classification loss on corrupted texts, stronger
+    # typos in training, or a stronger pull towards the clean prediction.
+    "augment-lr1e-4": ["augment=char_noise=0.1", "augment_probability=0.5", "learning_rate=1e-4"],
+    "consistency-augment-c20-lr1e-4": ["augment=char_noise=0.2", "consistency=augment", "consistency_weight=1.0",
+                                       "learning_rate=1e-4"],
+    "consistency-augment-w3-lr1e-4": ["augment=char_noise=0.1", "consistency=augment", "consistency_weight=3.0",
+                                      "learning_rate=1e-4"],
 }
 
 
