@@ -243,6 +243,9 @@ def markdown(summary, model, split, timing=None):
 
     lines.append("| time per step vs plain | " + " | ".join(relative_time(name) for name in names) + " |")
     lines.append("| seeds | " + " | ".join(",".join(map(str, summary[name]["seeds"])) for name in names) + " |")
+    if any(relative_time(name).endswith("(log)") for name in names):
+        lines += ["", "(log): from each run's training log, runs made at different times and machine loads, so only "
+                  "a rough guide; the other times are interleaved in one process (`--timing`)."]
     return "\n".join(lines) + "\n"
 
 
