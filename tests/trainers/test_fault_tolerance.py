@@ -48,6 +48,14 @@ def uninterrupted(lm_corpus, tmp_path_factory):
     return result, weights(directory / "w.npz")
 
 
+@pytest.fixture(scope="module")
+def without_dropout(lm_corpus, tmp_path_factory):
+    """One process, no dropout: the reference of the distributed runs (shared by their tests)."""
+    directory = tmp_path_factory.mktemp("without_dropout")
+    result = summary(run(directory / "run", lm_corpus, directory / "w.npz", "--dropout", "0"))
+    return result, weights(directory / "w.npz")
+
+
 @pytest.mark.slow
 def test_single_process_killed_mid_epoch_resumes_exactly(lm_corpus, tmp_path, uninterrupted):
     reference, reference_weights = uninterrupted
@@ -107,9 +115,8 @@ def _finish(processes):
 
 
 @pytest.mark.slow
-def test_two_workers_match_one_process_and_survive_kill_9(lm_corpus, tmp_path):
-    reference = summary(run(tmp_path / "single", lm_corpus, tmp_path / "single.npz", "--dropout", "0"))
-    reference_weights = weights(tmp_path / "single.npz")
+def test_two_workers_match_one_process_and_survive_kill_9(lm_corpus, tmp_path, without_dropout):
+    reference, reference_weights = without_dropout
     # Uninterrupted: both workers end with the single-process weights (same global batch).
     clean = _finish(_start_workers(tmp_path / "clean", lm_corpus, tmp_path / "clean"))
     for code, stdout, stderr in clean:
@@ -141,8 +148,8 @@ def test_two_workers_match_one_process_and_survive_kill_9(lm_corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_mirrored_over_two_logical_cpus_matches_one_device(lm_corpus, tmp_path):
-    single = summary(run(tmp_path / "single", lm_corpus, tmp_path / "single.npz", "--dropout", "0"))
+def test_mirrored_over_two_logical_cpus_matches_one_device(lm_corpus, tmp_path, without_dropout):
+    single, single_weights = without_dropout
     mirrored = run(
         tmp_path / "mirrored", lm_corpus, tmp_path / "mirrored.npz", "--dropout", "0", "--strategy", "mirrored",
         "--logical-cpus", "2",
@@ -150,4 +157,4 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(lm_corpus, tmp_path):
     result = summary(mirrored)
     assert "XLA is off" in mirrored.stderr
     np.testing.assert_allclose(result["history"]["loss"], single["history"]["loss"], atol=1e-5)
-    assert_same_weights(weights(tmp_path / "mirrored.npz"), weights(tmp_path / "single.npz"))
+    assert_same_weights(weights(tmp_path / "mirrored.npz"), single_weights)
